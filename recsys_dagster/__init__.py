@@ -1,0 +1,1 @@
+"""recsys_dagster: the recsys pipeline as Dagster software-defined assets. Thin: logic lives in recsys_core."""

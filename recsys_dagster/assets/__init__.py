@@ -1,0 +1,1 @@
+"""One module per pipeline stage; each becomes one asset group in the lineage graph."""

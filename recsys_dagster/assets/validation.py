@@ -1,0 +1,121 @@
+"""Validation: Great Expectations suites split raw rows into validated and rejected; blocking checks stop bad data."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetOut,
+    Config,
+    MetadataValue,
+    Output,
+    multi_asset,
+)
+from pydantic import Field
+
+from recsys_core.paths import recsys_home
+from recsys_core.validation import ItemRules, RatingRules, ValidationOutcome, validate_items, validate_ratings
+from recsys_dagster.assets.ingestion import rating_summary
+from recsys_dagster.metadata import table
+
+
+class ValidationConfig(Config):
+    max_rejected_share: float = Field(0.01, description="Blocking check fails when more rows than this are rejected.")
+    allowed_ratings: list[float] = Field([1.0, 2.0, 3.0, 4.0, 5.0], description="Half stars: add 0.5, 1.5, ...")
+    data_docs: bool = Field(True, description="Render Great Expectations Data Docs under $RECSYS_HOME/great_expectations.")
+
+
+def _checks(asset: str, outcome: ValidationOutcome, config: ValidationConfig) -> list[AssetCheckResult]:
+    failed = [e for e in outcome.expectations if not e["success"]]
+    return [
+        AssetCheckResult(
+            asset_key=asset, check_name="schema_matches", passed=outcome.schema_ok,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"failed_table_expectations": MetadataValue.json([e for e in failed if e["unexpected"] == 0])},
+        ),
+        AssetCheckResult(
+            asset_key=asset, check_name="rejected_share_below_threshold",
+            passed=outcome.schema_ok and outcome.rejected_share <= config.max_rejected_share,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"rejected_share": MetadataValue.float(outcome.rejected_share),
+                      "threshold": MetadataValue.float(config.max_rejected_share),
+                      "rejected_rows": MetadataValue.int(len(outcome.rejected))},
+        ),
+    ]  # fmt: skip
+
+
+def _check_specs(asset: str) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec("schema_matches", asset=asset, blocking=True, description="Columns and types are the canonical ones."),
+        AssetCheckSpec("rejected_share_below_threshold", asset=asset, blocking=True,
+                       description="Quarantined rows stay under `max_rejected_share` of the input."),
+    ]  # fmt: skip
+
+
+def _validation_metadata(outcome: ValidationOutcome, raw_rows: int) -> dict[str, MetadataValue]:
+    metadata = {
+        "raw_rows": MetadataValue.int(raw_rows),
+        "rejected_rows": MetadataValue.int(len(outcome.rejected)),
+        "rejected_share": MetadataValue.float(outcome.rejected_share),
+        "expectations": table(pd.DataFrame(outcome.expectations), 50),
+        "validation_seconds": MetadataValue.float(round(outcome.seconds, 3)),
+        "great_expectations": MetadataValue.json(outcome.ge_result),
+    }
+    if outcome.docs_path:
+        metadata["data_docs"] = MetadataValue.url(outcome.docs_path)
+    return metadata
+
+
+def _rejected_output(outcome: ValidationOutcome, output_name: str) -> Output[pd.DataFrame]:
+    return Output(
+        outcome.rejected,
+        output_name=output_name,
+        metadata={"rows": MetadataValue.int(len(outcome.rejected)), "reasons": table(outcome.reason_counts()),
+                  "preview": table(outcome.rejected, 10)},
+    )  # fmt: skip
+
+
+def _docs_dir(config: ValidationConfig, name: str):
+    return recsys_home() / "great_expectations" / name if config.data_docs else None
+
+
+@multi_asset(
+    outs={
+        "validated_items": AssetOut(description="Items that passed the item suite, canonical dtypes.", kinds={"pandas"}),
+        "rejected_items": AssetOut(description="Quarantined item rows, each with the expectations it failed.", kinds={"pandas"}),
+    },
+    check_specs=_check_specs("validated_items"),
+)
+def validate_item_catalogue(context: AssetExecutionContext, config: ValidationConfig, raw_items: pd.DataFrame) -> Iterator:
+    outcome = validate_items(raw_items, ItemRules(), docs_dir=_docs_dir(config, "items"))
+    context.log.info("items: %d valid, %d rejected", len(outcome.valid), len(outcome.rejected))
+    metadata = _validation_metadata(outcome, len(raw_items))
+    metadata["rows"] = MetadataValue.int(len(outcome.valid))
+    metadata["preview"] = table(outcome.valid, 10)
+    yield Output(outcome.valid, output_name="validated_items", metadata=metadata)
+    yield _rejected_output(outcome, "rejected_items")
+    yield from _checks("validated_items", outcome, config)
+
+
+@multi_asset(
+    outs={
+        "validated_ratings": AssetOut(description="Ratings that passed the rating suite, canonical dtypes.", kinds={"pandas"}),
+        "rejected_ratings": AssetOut(description="Quarantined rating rows, each with the expectations it failed.", kinds={"pandas"}),
+    },
+    check_specs=_check_specs("validated_ratings"),
+)
+def validate_rating_log(
+    context: AssetExecutionContext, config: ValidationConfig, raw_ratings: pd.DataFrame, validated_items: pd.DataFrame
+) -> Iterator:
+    rules = RatingRules(allowed_ratings=tuple(config.allowed_ratings))
+    known = np.asarray(validated_items["item_id"], dtype=np.int64)
+    outcome = validate_ratings(raw_ratings, known, rules, docs_dir=_docs_dir(config, "ratings"))
+    context.log.info("ratings: %d valid, %d rejected", len(outcome.valid), len(outcome.rejected))
+    metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome, len(raw_ratings))}
+    yield Output(outcome.valid, output_name="validated_ratings", metadata=metadata)
+    yield _rejected_output(outcome, "rejected_ratings")
+    yield from _checks("validated_ratings", outcome, config)

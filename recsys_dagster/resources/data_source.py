@@ -1,0 +1,30 @@
+"""The data source as a Dagster resource: the embedded synthetic catalogue by default (offline)."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+
+from recsys_core.sources import DataSourceSpec
+
+
+class DataSourceResource(ConfigurableResource):
+    """`kind`: synthetic (default, offline) | movielens (a local folder, or downloaded and verified) | files."""
+
+    kind: str = "synthetic"
+    synthetic_ratings: int = 100_000
+    seed: int = 42
+    movielens_format: str = "ml-100k"
+    data_dir: str = ""
+    ratings_path: str = ""
+    items_path: str = ""
+
+    def spec(self) -> DataSourceSpec:
+        return DataSourceSpec(
+            kind=self.kind,
+            synthetic_ratings=self.synthetic_ratings,
+            seed=self.seed,
+            movielens_format=self.movielens_format,
+            data_dir=self.data_dir,
+            ratings_path=self.ratings_path,
+            items_path=self.items_path,
+        )
