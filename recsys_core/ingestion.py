@@ -152,7 +152,7 @@ def read_ratings_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
     """Reads a ratings file of any supported format into the raw ratings frame (canonical columns + line + reason)."""
     path = Path(path)
     if path.suffix == ".parquet":
-        return _raw_ratings_from_frame(path, pd.read_parquet(path), header_line=False)
+        return _raw_ratings_from_frame(path, pd.read_parquet(path))
     layout = LAYOUTS[fmt]
     data = path.read_bytes()
     header = _first_line(path, data, layout.encoding)
@@ -172,12 +172,17 @@ def read_ratings_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
     return _assemble_raw(frame, invalid, first_data_line=2 if layout.header else 1)
 
 
-def _raw_ratings_from_frame(path: Path, frame: pd.DataFrame, header_line: bool) -> pd.DataFrame:
+def _raw_ratings_from_frame(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """A typed source (Parquet): numeric columns are taken as they are, text columns are parsed like CSV."""
     missing = [c for c in RATING_COLUMNS if c not in frame.columns]
     if missing:
         raise DataFormatError(path, f"missing column(s) {missing}; has {list(frame.columns)}", field=missing[0])
-    text = frame[list(RATING_COLUMNS)].astype("string")
-    return _assemble_raw(text, [], first_data_line=2 if header_line else 1)
+    if all(pd.api.types.is_numeric_dtype(frame[c]) for c in RATING_COLUMNS):
+        raw = frame[list(RATING_COLUMNS)].astype(RAW_RATING_DTYPES)
+        raw[PARSE_ERROR] = pd.Series(pd.NA, index=raw.index, dtype="string")
+        raw[SOURCE_LINE] = np.arange(1, len(raw) + 1, dtype=np.int64)
+        return raw
+    return _assemble_raw(frame[list(RATING_COLUMNS)].astype("string"), [], first_data_line=1)
 
 
 def _assemble_raw(text: pd.DataFrame, invalid: list[tuple[int, str]], first_data_line: int) -> pd.DataFrame:
