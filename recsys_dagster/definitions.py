@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from recsys_dagster.assets import ingestion, validation
+from recsys_dagster.jobs import JOBS
 from recsys_dagster.resources import resources_for
 
 # Order is the pipeline's: the UI groups the lineage graph by these names.
@@ -16,5 +17,6 @@ STAGES = {
 defs = Definitions(
     assets=[asset for group, module in STAGES.items() for asset in load_assets_from_modules([module], group_name=group)],
     asset_checks=load_asset_checks_from_modules(list(STAGES.values())),
+    jobs=JOBS,
     resources=resources_for(),
 )
