@@ -1,17 +1,36 @@
-"""Jobs: named selections of the asset graph that schedules, sensors and people launch."""
+"""Jobs (named selections of the asset graph) and the schedule that retrains nightly."""
 
-from dagster import AssetSelection, define_asset_job
+import os
+
+from dagster import AssetSelection, ScheduleDefinition, define_asset_job
+
+LANDED = AssetSelection.assets("landed_ratings")
 
 ingest_and_validate = define_asset_job(
     "ingest_and_validate",
-    selection=AssetSelection.groups("ingestion", "validation"),
+    selection=AssetSelection.groups("ingestion", "validation") - LANDED,
     description="Read the data source and split it into validated and rejected rows.",
+)
+
+ingest_landed_ratings = define_asset_job(
+    "ingest_landed_ratings",
+    selection=LANDED,
+    description="Read one rating drop from the landing folder (one partition per file).",
 )
 
 full_pipeline = define_asset_job(
     "full_pipeline",
-    selection=AssetSelection.all(),
-    description="Every asset, from ingestion to the A/B report.",
+    selection=AssetSelection.all() - LANDED,
+    description="Every asset, from ingestion to the A/B report (landed drops are read as they are).",
 )
 
-JOBS = [ingest_and_validate, full_pipeline]
+nightly_retrain = ScheduleDefinition(
+    name="nightly_retrain",
+    job=full_pipeline,
+    cron_schedule=os.environ.get("RECSYS_RETRAIN_CRON", "0 3 * * *"),
+    execution_timezone=os.environ.get("RECSYS_TIMEZONE", "UTC"),
+    description="Re-ingest, validate and retrain every night; the A/B report decides whether the new model is promoted.",
+)
+
+JOBS = [ingest_and_validate, ingest_landed_ratings, full_pipeline]
+SCHEDULES = [nightly_retrain]

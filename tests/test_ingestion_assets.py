@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetKey, DagsterInstance, asset, load_assets_from_modules, materialize
+from dagster import AssetKey, AssetSelection, DagsterInstance, asset, load_assets_from_modules, materialize
 
 from recsys_dagster.assets import ingestion, validation
 from recsys_dagster.resources.data_source import DataSourceResource
@@ -21,6 +21,7 @@ def downstream_of_ratings(validated_ratings: pd.DataFrame) -> int:
 def run(tmp_path: Path, data_source: DataSourceResource, instance: DagsterInstance, data_docs: bool = False):
     return materialize(
         [*FOUNDATION, downstream_of_ratings],
+        selection=AssetSelection.all() - AssetSelection.assets("landed_ratings"),
         resources={"io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")), "data_source": data_source},
         run_config={"ops": {name: {"config": {"data_docs": data_docs}} for name in ("validate_item_catalogue", "validate_rating_log")}},
         instance=instance,

@@ -2,14 +2,18 @@
 
 
 import pandas as pd
-from dagster import AssetExecutionContext, Backoff, MetadataValue, Output, RetryPolicy, asset
+from dagster import AssetExecutionContext, Backoff, DynamicPartitionsDefinition, MetadataValue, Output, RetryPolicy, asset
 
 from recsys_core.ingestion import PARSE_ERROR
+from recsys_core.landing import read_landed_file
 from recsys_dagster.metadata import table
 from recsys_dagster.resources.data_source import DataSourceResource
 
 # Downloads can fail transiently; reading local files twice is harmless.
 NETWORK_RETRY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL)
+
+# One partition per file dropped into the landing folder; the sensor adds them.
+rating_drops = DynamicPartitionsDefinition(name="rating_drops")
 
 
 def rating_summary(ratings: pd.DataFrame) -> dict[str, MetadataValue]:
@@ -53,3 +57,14 @@ def raw_items(context: AssetExecutionContext, data_source: DataSourceResource) -
             "preview": table(frame, 10),
         },
     )
+
+
+@asset(partitions_def=rating_drops, kinds={"pandas", "parquet"})
+def landed_ratings(context: AssetExecutionContext, data_source: DataSourceResource) -> Output[pd.DataFrame]:
+    """One rating drop from the landing folder (canonical CSV or Parquet), appended to the source's ratings."""
+    folder = data_source.landing_path()
+    frame = read_landed_file(folder, context.partition_key)
+    metadata = rating_summary(frame)
+    metadata["file"] = MetadataValue.path(str(folder / context.partition_key))
+    metadata["unreadable_rows"] = MetadataValue.int(int(frame[PARSE_ERROR].notna().sum()))
+    return Output(frame, metadata=metadata)

@@ -1,6 +1,7 @@
 """Validation: Great Expectations suites split raw rows into validated and rejected; blocking checks stop bad data."""
 
 from collections.abc import Iterator
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -9,6 +10,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetOut,
     Config,
     MetadataValue,
@@ -18,7 +20,14 @@ from dagster import (
 from pydantic import Field
 
 from recsys_core.paths import recsys_home
-from recsys_core.validation import ItemRules, RatingRules, ValidationOutcome, validate_items, validate_ratings
+from recsys_core.validation import (
+    ItemRules,
+    RatingRules,
+    ValidationOutcome,
+    combine_rating_sources,
+    validate_items,
+    validate_ratings,
+)
 from recsys_dagster.assets.ingestion import rating_summary
 from recsys_dagster.metadata import table
 
@@ -106,16 +115,24 @@ def validate_item_catalogue(context: AssetExecutionContext, config: ValidationCo
         "validated_ratings": AssetOut(description="Ratings that passed the rating suite, canonical dtypes.", kinds={"pandas"}),
         "rejected_ratings": AssetOut(description="Quarantined rating rows, each with the expectations it failed.", kinds={"pandas"}),
     },
+    ins={"landed_ratings": AssetIn(metadata={"allow_missing_partitions": True})},
     check_specs=_check_specs("validated_ratings"),
 )
 def validate_rating_log(
-    context: AssetExecutionContext, config: ValidationConfig, raw_ratings: pd.DataFrame, validated_items: pd.DataFrame
+    context: AssetExecutionContext,
+    config: ValidationConfig,
+    raw_ratings: pd.DataFrame,
+    landed_ratings: Optional[dict[str, pd.DataFrame]],
+    validated_items: pd.DataFrame,
 ) -> Iterator:
+    """Validates the source's ratings plus every landed drop (a drop whose file could not be read is skipped)."""
+    combined = combine_rating_sources({"source": raw_ratings, **(landed_ratings or {})})
     rules = RatingRules(allowed_ratings=tuple(config.allowed_ratings))
     known = np.asarray(validated_items["item_id"], dtype=np.int64)
-    outcome = validate_ratings(raw_ratings, known, rules, docs_dir=_docs_dir(config, "ratings"))
+    outcome = validate_ratings(combined, known, rules, docs_dir=_docs_dir(config, "ratings"))
     context.log.info("ratings: %d valid, %d rejected", len(outcome.valid), len(outcome.rejected))
-    metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome, len(raw_ratings))}
+    metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome, len(combined))}
+    metadata["drops"] = MetadataValue.int(len(landed_ratings or {}))
     yield Output(outcome.valid, output_name="validated_ratings", metadata=metadata)
     yield _rejected_output(outcome, "rejected_ratings")
     yield from _checks("validated_ratings", outcome, config)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dagster import ConfigurableResource
 
+from recsys_core.paths import recsys_home
 from recsys_core.sources import DataSourceSpec
 
 
@@ -17,6 +20,10 @@ class DataSourceResource(ConfigurableResource):
     data_dir: str = ""
     ratings_path: str = ""
     items_path: str = ""
+    landing_dir: str = ""  # where rating drops arrive; empty = $RECSYS_HOME/landing
+
+    def landing_path(self) -> Path:
+        return Path(self.landing_dir) if self.landing_dir else recsys_home() / "landing"
 
     def spec(self) -> DataSourceSpec:
         return DataSourceSpec(

@@ -1,0 +1,50 @@
+"""Sensors: new rating drops become partitions and runs; new data and new models trigger what follows."""
+
+import json
+
+from dagster import (
+    AddDynamicPartitionsRequest,
+    AssetKey,
+    DefaultSensorStatus,
+    EventLogEntry,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    asset_sensor,
+    sensor,
+)
+
+from recsys_core.landing import list_landed_files
+from recsys_dagster.assets.ingestion import rating_drops
+from recsys_dagster.jobs import full_pipeline, ingest_landed_ratings
+from recsys_dagster.resources.data_source import DataSourceResource
+
+
+@sensor(job=ingest_landed_ratings, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
+def rating_drop_sensor(context: SensorEvaluationContext, data_source: DataSourceResource) -> SensorResult | SkipReason:
+    """Each new (or replaced) file in the landing folder becomes a `rating_drops` partition and one ingestion run.
+
+    The cursor holds the versions already seen, and run keys repeat them, so a restarted daemon launches nothing twice.
+    """
+    seen = set(json.loads(context.cursor)) if context.cursor else set()
+    new = [f for f in list_landed_files(data_source.landing_path()) if f.version not in seen]
+    if not new:
+        return SkipReason(f"no new files in {data_source.landing_path()}")
+    known = set(context.instance.get_dynamic_partitions(rating_drops.name))
+    added = sorted({f.name for f in new} - known)
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f.version, partition_key=f.name) for f in new],
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest(rating_drops.name, added)] if added else [],
+        cursor=json.dumps(sorted(seen | {f.version for f in new})),
+    )
+
+
+@asset_sensor(asset_key=AssetKey("landed_ratings"), job=full_pipeline, default_status=DefaultSensorStatus.RUNNING)
+def retrain_on_new_data(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest:
+    """A drop that landed is validated together with everything before it, and the model retrained on the result."""
+    partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
+    return RunRequest(run_key=f"landed:{asset_event.storage_id}", tags={"recsys/trigger": f"landed_ratings:{partition}"})
+
+
+SENSORS = [rating_drop_sensor, retrain_on_new_data]

@@ -1,0 +1,96 @@
+"""Sensors and schedules on a temp landing folder, and landed drops flowing into validation."""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from dagster import (
+    AssetSelection,
+    DagsterInstance,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    load_assets_from_modules,
+    materialize,
+)
+
+from recsys_dagster.assets import ingestion, validation
+from recsys_dagster.jobs import nightly_retrain
+from recsys_dagster.resources.data_source import DataSourceResource
+from recsys_dagster.resources.io_manager import RecsysIOManager
+from recsys_dagster.sensors import rating_drop_sensor
+
+HEADER = "user_id,item_id,rating,timestamp\n"
+UNPARTITIONED = AssetSelection.all() - AssetSelection.assets("landed_ratings")
+
+
+def evaluate(instance: DagsterInstance, landing: Path, cursor: str | None) -> SensorResult | SkipReason:
+    context = build_sensor_context(instance=instance, cursor=cursor, resources={"data_source": DataSourceResource(landing_dir=str(landing))})
+    result = rating_drop_sensor(context)
+    if isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def test_each_file_once_idempotent_and_corrupt_file_does_not_block(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "drop-001.csv").write_text(HEADER + "1,1,4,881250949\n")
+    (landing / "_drop-002.csv").write_text(HEADER)  # still being written: ignored
+    with DagsterInstance.ephemeral() as instance:
+        first = evaluate(instance, landing, None)
+        assert [r.partition_key for r in first.run_requests] == ["drop-001.csv"]
+        assert instance.get_dynamic_partitions("rating_drops") == ["drop-001.csv"]
+
+        again = evaluate(instance, landing, first.cursor)  # same file, next tick or restarted daemon
+        assert isinstance(again, SkipReason)
+
+        (landing / "drop-002-corrupt.csv").write_bytes(b"\xff\xfe garbage")
+        (landing / "drop-003.parquet").write_bytes(b"")
+        (landing / "drop-004.csv").write_text(HEADER + "2,1,5,881250950\n")
+        later = evaluate(instance, landing, first.cursor)
+        assert [r.partition_key for r in later.run_requests] == ["drop-002-corrupt.csv", "drop-003.parquet", "drop-004.csv"]
+        assert len(json.loads(later.cursor)) == 4
+        # A run key repeats the file version: the daemon never launches the same drop twice.
+        assert len({r.run_key for r in [*first.run_requests, *later.run_requests]}) == 4
+
+        os.utime(landing / "drop-001.csv", ns=(1, 10**18))  # replaced under the same name
+        replaced = evaluate(instance, landing, later.cursor)
+        assert [r.partition_key for r in replaced.run_requests] == ["drop-001.csv"]
+        assert instance.get_dynamic_partitions("rating_drops").count("drop-001.csv") == 1
+
+
+def test_nightly_schedule_runs_the_full_pipeline() -> None:
+    assert nightly_retrain.cron_schedule == "0 3 * * *" and nightly_retrain.execution_timezone == "UTC"
+    request = nightly_retrain.evaluate_tick(build_schedule_context()).run_requests
+    assert len(request) == 1 and nightly_retrain.job_name == "full_pipeline"
+
+
+def test_landed_drops_are_validated_with_the_source_and_bad_drops_skipped(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "good.csv").write_text(HEADER + "900001,1,5,1700000000\n900002,2,4,1700000001\n900003,999999,4,1700000002\n")
+    (landing / "broken.csv").write_text("")  # unreadable: its partition fails, later validation goes on
+    resources = {
+        "io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")),
+        "data_source": DataSourceResource(synthetic_ratings=2_000, landing_dir=str(landing)),
+    }
+    assets = load_assets_from_modules([ingestion, validation])
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("rating_drops", ["good.csv", "broken.csv"])
+        assert materialize([ingestion.landed_ratings], partition_key="good.csv", resources=resources, instance=instance).success
+        broken = materialize([ingestion.landed_ratings], partition_key="broken.csv", resources=resources, instance=instance, raise_on_error=False)
+        assert not broken.success
+        run_config = {"ops": {op: {"config": {"data_docs": False}} for op in ("validate_item_catalogue", "validate_rating_log")}}
+        result = materialize(assets, selection=UNPARTITIONED, resources=resources, instance=instance, run_config=run_config)
+        valid = result.output_for_node("validate_rating_log", "validated_ratings")
+        rejected = result.output_for_node("validate_rating_log", "rejected_ratings")
+        raw = result.output_for_node("raw_ratings")
+    assert {900001, 900002} <= set(valid["user_id"]) and 900003 not in set(valid["user_id"])
+    assert len(valid) + len(rejected) == len(raw) + 3
+    bad = rejected.set_index("user_id").loc[900003]
+    assert bad["reason"] == "unknown item_id" and bad["source_file"] == "good.csv" and bad["source_line"] == 4
+    assert pd.api.types.is_integer_dtype(valid["user_id"])
