@@ -5,8 +5,9 @@ from __future__ import annotations
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from recsys_dagster.assets import ingestion, validation
-from recsys_dagster.jobs import JOBS
+from recsys_dagster.jobs import JOBS, SCHEDULES
 from recsys_dagster.resources import resources_for
+from recsys_dagster.sensors import SENSORS
 
 # Order is the pipeline's: the UI groups the lineage graph by these names.
 STAGES = {
@@ -18,5 +19,7 @@ defs = Definitions(
     assets=[asset for group, module in STAGES.items() for asset in load_assets_from_modules([module], group_name=group)],
     asset_checks=load_asset_checks_from_modules(list(STAGES.values())),
     jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
     resources=resources_for(),
 )
