@@ -12,7 +12,7 @@ install: .venv/.installed
 
 .venv/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(PIP) install -qq --disable-pip-version-check -c constraints.txt -e ".[test]"
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml

@@ -94,3 +94,40 @@ def test_landed_drops_are_validated_with_the_source_and_bad_drops_skipped(tmp_pa
     bad = rejected.set_index("user_id").loc[900003]
     assert bad["reason"] == "unknown item_id" and bad["source_file"] == "good.csv" and bad["source_line"] == 4
     assert pd.api.types.is_integer_dtype(valid["user_id"])
+
+
+def ingestion_job():
+    """Module-level so `reconstructable` can rebuild it; in-process, as pytest's test modules are not importable elsewhere."""
+    from dagster import Definitions, in_process_executor
+
+    from recsys_dagster.jobs import ingest_and_validate
+
+    data_source = DataSourceResource(kind="files", ratings_path=os.environ["TEST_RATINGS"], items_path=os.environ["TEST_ITEMS"])
+    defs = Definitions(
+        assets=[*load_assets_from_modules([ingestion], group_name="ingestion"),
+                *load_assets_from_modules([validation], group_name="validation")],  # fmt: skip
+        jobs=[ingest_and_validate],
+        executor=in_process_executor,
+        resources={"io_manager": RecsysIOManager(base_dir=os.environ["TEST_ASSETS"]), "data_source": data_source},
+    )
+    return defs.resolve_job_def("ingest_and_validate")
+
+
+def test_failed_run_reexecutes_from_failure_without_redoing_finished_steps(tmp_path: Path, monkeypatch) -> None:
+    from dagster import ReexecutionOptions, execute_job, reconstructable
+
+    pd.DataFrame({"item_id": [1], "title": ["A"], "genres": ["Drama"]}).to_csv(tmp_path / "items.csv", index=False)
+    (tmp_path / "ratings.csv").write_text(HEADER + "1,1,4,881250949\n2,1,4,881250950\n3,1,7,881250951\n")
+    monkeypatch.setenv("TEST_RATINGS", str(tmp_path / "ratings.csv"))
+    monkeypatch.setenv("TEST_ITEMS", str(tmp_path / "items.csv"))
+    monkeypatch.setenv("TEST_ASSETS", str(tmp_path / "assets"))
+    strict = {"ops": {op: {"config": {"data_docs": False}} for op in ("validate_item_catalogue", "validate_rating_log")}}
+    lenient = {"ops": {**strict["ops"], "validate_rating_log": {"config": {"data_docs": False, "max_rejected_share": 0.5}}}}
+    with DagsterInstance.ephemeral() as instance:
+        failed = execute_job(reconstructable(ingestion_job), instance=instance, run_config=strict)
+        assert not failed.success  # 1 of 3 ratings out of range: over the 1% threshold
+        retried = execute_job(reconstructable(ingestion_job), instance=instance, run_config=lenient,
+                              reexecution_options=ReexecutionOptions.from_failure(failed.run_id, instance))  # fmt: skip
+        assert retried.success
+        executed = {e.step_key for e in retried.all_events if e.event_type_value == "STEP_SUCCESS"}
+        assert executed == {"validate_rating_log"}

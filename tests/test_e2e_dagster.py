@@ -1,0 +1,135 @@
+"""End to end: a real dagster-webserver and dagster-daemon on 127.0.0.1, driven through the GraphQL API."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from dagster import DagsterRunStatus
+from dagster_graphql import DagsterGraphQLClient
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+# Small enough for CI's 2 cores (runs the sensors launch use it too); every stage still runs for real.
+SYNTHETIC_RATINGS = "4000"
+
+ASSET_METADATA_QUERY = """
+query ($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        runId
+        metadataEntries { label ... on IntMetadataEntry { intValue } }
+      }
+    }
+  }
+}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    client: DagsterGraphQLClient
+    url: str
+    home: Path
+    landing: Path
+
+    def query(self, query: str, variables: dict) -> dict:
+        response = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+        response.raise_for_status()
+        return response.json()["data"]
+
+    def wait(self, run_id: str, timeout: float = 900) -> DagsterRunStatus:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.client.get_run_status(run_id)
+            if status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+                return status
+            time.sleep(2)
+        raise TimeoutError(f"run {run_id} still {status} after {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("e2e")
+    home, recsys_home, landing = root / "dagster_home", root / "recsys_home", root / "recsys_home" / "landing"
+    home.mkdir()
+    landing.mkdir(parents=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "RECSYS_HOME": str(recsys_home), "HF_HUB_OFFLINE": "1",
+           "RECSYS_SYNTHETIC_RATINGS": SYNTHETIC_RATINGS}
+    port = free_port()
+    logs = [(root / "webserver.log").open("w"), (root / "daemon.log").open("w")]
+    processes = [
+        subprocess.Popen([str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                         cwd=REPO, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
+        subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                         cwd=REPO, env=env, stdout=logs[1], stderr=subprocess.STDOUT),
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(f"{url}/server_info", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or processes[0].poll() is not None:
+                raise RuntimeError(f"webserver did not start: {(root / 'webserver.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield Deployment(DagsterGraphQLClient("127.0.0.1", port_number=port), url, home, landing)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs:
+            log.close()
+
+
+def latest_metadata(deployment: Deployment, asset: str) -> dict:
+    data = deployment.query(ASSET_METADATA_QUERY, {"key": {"path": [asset]}})
+    materializations = data["assetOrError"]["assetMaterializations"]
+    assert materializations, f"{asset} was never materialised"
+    return {e["label"]: e.get("intValue") for e in materializations[0]["metadataEntries"]}
+
+
+def test_full_pipeline_through_graphql(deployment: Deployment) -> None:
+    run_id = deployment.client.submit_job_execution("full_pipeline")
+    assert deployment.wait(run_id) == DagsterRunStatus.SUCCESS
+    validated = latest_metadata(deployment, "validated_ratings")
+    raw = latest_metadata(deployment, "raw_ratings")
+    assert validated["rows"] + validated["rejected_rows"] == raw["rows"] > 3_000
+
+
+def test_dropped_file_flows_through_sensors_without_further_action(deployment: Deployment) -> None:
+    before = latest_metadata(deployment, "validated_ratings")["rows"]
+    drop = "user_id,item_id,rating,timestamp\n" + "".join(f"{900000 + u},{i},4,1700000000\n" for u in range(5) for i in (1, 2, 3))
+    (deployment.landing / "_drop-001.csv").write_text(drop)
+    (deployment.landing / "_drop-001.csv").rename(deployment.landing / "drop-001.csv")  # atomic: the sensor sees it whole
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        after = latest_metadata(deployment, "validated_ratings")["rows"]
+        if after >= before + 15:
+            break
+        time.sleep(5)
+    assert after == before + 15
