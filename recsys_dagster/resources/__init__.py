@@ -14,7 +14,7 @@ from recsys_dagster.resources.tracking import MlflowResource
 def local_resources() -> dict[str, Any]:
     return {
         "io_manager": RecsysIOManager(),
-        "data_source": DataSourceResource(),
+        "data_source": DataSourceResource(synthetic_ratings=int(os.environ.get("RECSYS_SYNTHETIC_RATINGS", "100000"))),
         "mlflow": MlflowResource(),
         "compute": ComputeResource(),
     }
