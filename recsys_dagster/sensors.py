@@ -44,7 +44,7 @@ def rating_drop_sensor(context: SensorEvaluationContext, data_source: DataSource
 def retrain_on_new_data(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest:
     """A drop that landed is validated together with everything before it, and the model retrained on the result."""
     partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
-    return RunRequest(run_key=f"landed:{asset_event.storage_id}", tags={"recsys/trigger": f"landed_ratings:{partition}"})
+    return RunRequest(run_key=f"landed:{asset_event.run_id}:{partition}", tags={"recsys/trigger": f"landed_ratings:{partition}"})
 
 
 SENSORS = [rating_drop_sensor, retrain_on_new_data]

@@ -20,7 +20,7 @@ from recsys_dagster.assets import ingestion, validation
 from recsys_dagster.jobs import nightly_retrain
 from recsys_dagster.resources.data_source import DataSourceResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
-from recsys_dagster.sensors import rating_drop_sensor
+from recsys_dagster.sensors import rating_drop_sensor, retrain_on_new_data
 
 HEADER = "user_id,item_id,rating,timestamp\n"
 UNPARTITIONED = AssetSelection.all() - AssetSelection.assets("landed_ratings")
@@ -61,6 +61,23 @@ def test_each_file_once_idempotent_and_corrupt_file_does_not_block(tmp_path: Pat
         replaced = evaluate(instance, landing, later.cursor)
         assert [r.partition_key for r in replaced.run_requests] == ["drop-001.csv"]
         assert instance.get_dynamic_partitions("rating_drops").count("drop-001.csv") == 1
+
+
+def test_landed_drop_triggers_retraining_once(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "drop.csv").write_text(HEADER + "1,1,4,881250949\n")
+    resources = {"io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")), "data_source": DataSourceResource(landing_dir=str(landing))}
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("rating_drops", ["drop.csv"])
+        nothing_yet = retrain_on_new_data.evaluate_tick(build_sensor_context(instance=instance))
+        assert not nothing_yet.run_requests
+        materialize([ingestion.landed_ratings], partition_key="drop.csv", resources=resources, instance=instance)
+        tick = retrain_on_new_data.evaluate_tick(build_sensor_context(instance=instance))
+        assert [r.tags["recsys/trigger"] for r in tick.run_requests] == ["landed_ratings:drop.csv"]
+        assert retrain_on_new_data.job_name == "full_pipeline"
+        again = retrain_on_new_data.evaluate_tick(build_sensor_context(instance=instance, cursor=tick.cursor))
+        assert not again.run_requests
 
 
 def test_nightly_schedule_runs_the_full_pipeline() -> None:
