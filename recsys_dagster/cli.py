@@ -10,6 +10,9 @@ import sys
 COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "recsys_dagster.demo",
     ("bench", "ingest"): "recsys_core.bench.ingest",
+    ("bench", "encoder"): "recsys_core.bench.encoder",
+    ("similar-items",): "recsys_core.similar_items",
+    ("ab", "report"): "recsys_core.ab_testing",
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.data_source import DataSourceResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
+from recsys_dagster.resources.text_encoder import TextEncoderResource
 from recsys_dagster.resources.tracking import MlflowResource
 
 
@@ -17,6 +18,7 @@ def local_resources() -> dict[str, Any]:
         "data_source": DataSourceResource(synthetic_ratings=int(os.environ.get("RECSYS_SYNTHETIC_RATINGS", "100000"))),
         "mlflow": MlflowResource(),
         "compute": ComputeResource(),
+        "text_encoder": TextEncoderResource(),
     }
 
 
