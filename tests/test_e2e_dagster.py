@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from dagster import DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +21,10 @@ pytestmark = pytest.mark.slow
 
 # Small enough for CI's 2 cores (runs the sensors launch use it too); every stage still runs for real.
 SYNTHETIC_RATINGS = "4000"
+
+LOCATION_QUERY = """
+{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename } } } } }
+"""
 
 ASSET_METADATA_QUERY = """
 query ($key: AssetKeyInput!) {
@@ -71,6 +75,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     home.mkdir()
     landing.mkdir(parents=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    DagsterInstance.from_config(str(home)).dispose()  # create the SQLite schemas once: two processes racing to do it fail
     env = {**os.environ, "DAGSTER_HOME": str(home), "RECSYS_HOME": str(recsys_home), "HF_HUB_OFFLINE": "1",
            "RECSYS_SYNTHETIC_RATINGS": SYNTHETIC_RATINGS}
     port = free_port()
@@ -83,17 +88,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/server_info", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                pass
+        deployment = Deployment(DagsterGraphQLClient("127.0.0.1", port_number=port), url, home, landing)
+        deadline = time.monotonic() + 300
+        while not code_location_loaded(deployment):
             if time.monotonic() > deadline or processes[0].poll() is not None:
                 raise RuntimeError(f"webserver did not start: {(root / 'webserver.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield Deployment(DagsterGraphQLClient("127.0.0.1", port_number=port), url, home, landing)
+            time.sleep(2)
+        yield deployment
     finally:
         for process in processes:
             process.terminate()
@@ -104,6 +105,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 process.kill()
         for log in logs:
             log.close()
+
+
+def code_location_loaded(deployment: Deployment) -> bool:
+    try:
+        entries = deployment.query(LOCATION_QUERY, {})["workspaceOrError"]["locationEntries"]
+    except requests.RequestException:
+        return False
+    for entry in entries:
+        if entry["loadStatus"] == "LOADED" and entry["locationOrLoadError"]["__typename"] != "RepositoryLocation":
+            raise RuntimeError(f"code location {entry['name']} failed to load: {entry['locationOrLoadError']}")
+    return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
 
 def latest_metadata(deployment: Deployment, asset: str) -> dict:
