@@ -11,8 +11,11 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "recsys_dagster.demo",
     ("bench", "ingest"): "recsys_core.bench.ingest",
     ("bench", "encoder"): "recsys_core.bench.encoder",
+    ("serve",): "recsys_core.serving.serve",
+    ("bench", "serving"): "recsys_core.bench.serving",
     ("similar-items",): "recsys_core.similar_items",
     ("ab", "report"): "recsys_core.ab_testing",
+    ("bench", "quality"): "recsys_core.bench.quality",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from recsys_dagster.assets import features, ingestion, validation
+from recsys_dagster.assets import ab, evaluation, export, features, ingestion, split, training, validation
 from recsys_dagster.jobs import JOBS, SCHEDULES
 from recsys_dagster.resources import resources_for
 from recsys_dagster.sensors import SENSORS
@@ -13,7 +13,12 @@ from recsys_dagster.sensors import SENSORS
 STAGES = {
     "ingestion": ingestion,
     "validation": validation,
+    "split": split,
     "features": features,
+    "training": training,
+    "export": export,
+    "evaluation": evaluation,
+    "ab": ab,
 }
 
 defs = Definitions(

@@ -1,0 +1,228 @@
+"""Classic baselines the hybrid model is compared against, with the same interface as `ModelBundle`:
+`recommend(user_ids, k, exclude_seen, candidates) -> DataFrame[user_id, item_id, rank, score]` and
+`predict_ratings(user_ids, item_ids) -> ndarray`, so a benchmark treats every model alike.
+
+- `MostPopular`: rank by training count; ratings from the damped baseline predictor (global mean + user and item
+  biases shrunk towards 0, Koren 2010 sec. 2.1).
+- `BiasedMF`: Funk-style biased matrix factorisation of explicit ratings (Koren, Bell, Volinsky 2009), trained with
+  minibatch Adam on MSE + L2: what Surprise's SVD computes.
+- `ImplicitALS`: weighted matrix factorisation for implicit feedback (Hu, Koren, Volinsky 2008), exact alternating
+  least squares with confidence 1 + alpha for observed pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_core.schema import ITEM_ID, RATING, USER_ID, IdIndex
+
+
+class MatrixRecommender:
+    """Shared fitting state (id indexes, seen items) and top-k/rating lookup over a dense score function."""
+
+    predicts_ratings = True
+
+    def __init__(self, seed: int = 42) -> None:
+        self.seed = seed
+        self.user_index = IdIndex(np.zeros(0, np.int64))
+        self.item_index = IdIndex(np.zeros(0, np.int64))
+        self.seen = np.zeros((0, 0), dtype=bool)
+        self.global_mean = 0.0
+        self.rating_range = (1.0, 5.0)
+
+    def _prepare(self, train: pd.DataFrame, items: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Indexes users and items (the catalogue includes `items`), returns (user idx, item idx, ratings)."""
+        missing = [c for c in (USER_ID, ITEM_ID, RATING) if c not in train.columns]
+        if missing or train.empty:
+            raise ValueError(f"train ratings must be non-empty with columns user_id, item_id, rating; missing {missing}")
+        item_ids = train[ITEM_ID].to_numpy(np.int64)
+        if items is not None and len(items):
+            item_ids = np.concatenate([items[ITEM_ID].to_numpy(np.int64), item_ids])
+        self.user_index = IdIndex.from_ids(train[USER_ID])
+        self.item_index = IdIndex.from_ids(item_ids)
+        u = self.user_index.encode(train[USER_ID].to_numpy())
+        i = self.item_index.encode(train[ITEM_ID].to_numpy())
+        r = train[RATING].to_numpy(np.float32)
+        self.seen = np.zeros((len(self.user_index), len(self.item_index)), dtype=bool)
+        self.seen[u, i] = True
+        self.global_mean = float(r.mean())
+        self.rating_range = (float(r.min()), float(r.max()))
+        return u, i, r
+
+    def _scores(self, user_idx: np.ndarray) -> np.ndarray:
+        """Ranking scores [len(user_idx), n_items]; index -1 is an unknown user."""
+        raise NotImplementedError
+
+    def _ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        """Rating predictions per pair; index -1 is an unknown user or item."""
+        raise NotImplementedError
+
+    def recommend(
+        self, user_ids: np.ndarray, k: int = 10, exclude_seen: bool = True, candidates: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        idx = self.user_index.encode(user_ids, missing=-1)
+        scores = self._scores(idx).astype(np.float64)
+        if candidates is not None:
+            allowed = np.zeros(len(self.item_index), dtype=bool)
+            allowed[self.item_index.encode(candidates)] = True
+            scores[:, ~allowed] = -np.inf
+        if exclude_seen:
+            known = idx >= 0
+            scores[known] = np.where(self.seen[idx[known]], -np.inf, scores[known])
+        k = min(k, scores.shape[1])
+        # stable descending order: ties broken by item index, so results are deterministic
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(scores, order, axis=1)
+        recs = pd.DataFrame(
+            {
+                USER_ID: np.repeat(user_ids, k),
+                ITEM_ID: self.item_index.decode(order.ravel()),
+                "rank": np.tile(np.arange(1, k + 1), len(user_ids)),
+                "score": top.ravel().astype(np.float32),
+            }
+        )
+        return recs[np.isfinite(recs["score"].to_numpy())].reset_index(drop=True)
+
+    def predict_ratings(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+        u = self.user_index.encode(np.asarray(user_ids, dtype=np.int64), missing=-1)
+        i = self.item_index.encode(np.asarray(item_ids, dtype=np.int64), missing=-1)
+        return np.clip(self._ratings(u, i), *self.rating_range).astype(np.float32)
+
+
+class MostPopular(MatrixRecommender):
+    """Same list for everyone: the most-rated training items."""
+
+    name = "most_popular"
+
+    def __init__(self, damping: float = 10.0, seed: int = 42) -> None:
+        super().__init__(seed)
+        self.damping = damping
+        self.counts = np.zeros(0)
+        self.user_bias = np.zeros(0)
+        self.item_bias = np.zeros(0)
+
+    def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> "MostPopular":
+        u, i, r = self._prepare(train, items)
+        self.counts = np.bincount(i, minlength=len(self.item_index)).astype(np.float64)
+        residual = r - self.global_mean
+        self.item_bias = np.bincount(i, residual, len(self.item_index)) / (self.counts + self.damping)
+        residual = residual - self.item_bias[i]
+        user_counts = np.bincount(u, minlength=len(self.user_index))
+        self.user_bias = np.bincount(u, residual, len(self.user_index)) / (user_counts + self.damping)
+        return self
+
+    def _scores(self, user_idx: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(user_idx), len(self.counts))).copy()
+
+    def _ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        user_bias = np.where(user_idx >= 0, self.user_bias[np.maximum(user_idx, 0)], 0.0)
+        item_bias = np.where(item_idx >= 0, self.item_bias[np.maximum(item_idx, 0)], 0.0)
+        return self.global_mean + user_bias + item_bias
+
+
+@dataclass
+class _Factors:
+    users: np.ndarray  # [n_users, f]
+    items: np.ndarray  # [n_items, f]
+    user_bias: np.ndarray  # [n_users]
+    item_bias: np.ndarray  # [n_items]
+
+
+class _FactorModel(MatrixRecommender):
+    """Scores u . v + b_i, rates mean + b_u + b_i + u . v; unknown users/items have zero factors and biases."""
+
+    factors: _Factors
+
+    def _user_rows(self, user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        known = user_idx >= 0
+        vectors = np.where(known[:, None], self.factors.users[np.maximum(user_idx, 0)], 0.0)
+        bias = np.where(known, self.factors.user_bias[np.maximum(user_idx, 0)], 0.0)
+        return vectors, bias
+
+    def _scores(self, user_idx: np.ndarray) -> np.ndarray:
+        vectors, _ = self._user_rows(user_idx)
+        return vectors @ self.factors.items.T + self.factors.item_bias
+
+    def _ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
+        vectors, user_bias = self._user_rows(user_idx)
+        known = item_idx >= 0
+        item_vectors = np.where(known[:, None], self.factors.items[np.maximum(item_idx, 0)], 0.0)
+        item_bias = np.where(known, self.factors.item_bias[np.maximum(item_idx, 0)], 0.0)
+        return self.global_mean + user_bias + item_bias + (vectors * item_vectors).sum(1)
+
+
+class BiasedMF(_FactorModel):
+    """Explicit-rating matrix factorisation with biases (the Surprise SVD model)."""
+
+    name = "biased_mf"
+
+    def __init__(
+        self, dim: int = 64, epochs: int = 40, lr: float = 5e-3, reg: float = 0.05, batch_size: int = 1024, seed: int = 42
+    ) -> None:
+        super().__init__(seed)
+        self.dim, self.epochs, self.lr, self.reg, self.batch_size = dim, epochs, lr, reg, batch_size
+
+    def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> "BiasedMF":
+        u, i, r = self._prepare(train, items)
+        generator = torch.Generator().manual_seed(self.seed)
+        n_users, n_items = len(self.user_index), len(self.item_index)
+        P = (torch.randn(n_users, self.dim, generator=generator) * 0.1).requires_grad_()
+        Q = (torch.randn(n_items, self.dim, generator=generator) * 0.1).requires_grad_()
+        bu = torch.zeros(n_users, requires_grad=True)
+        bi = torch.zeros(n_items, requires_grad=True)
+        optimizer = torch.optim.Adam([P, Q, bu, bi], lr=self.lr)
+        users, itemsx = torch.from_numpy(u), torch.from_numpy(i)
+        target = torch.from_numpy(r - self.global_mean)
+        for _ in range(self.epochs):
+            order = torch.randperm(len(r), generator=generator)
+            for start in range(0, len(r), self.batch_size):
+                b = order[start : start + self.batch_size]
+                pu, qi = P[users[b]], Q[itemsx[b]]
+                pred = bu[users[b]] + bi[itemsx[b]] + (pu * qi).sum(1)
+                penalty = (pu.pow(2).sum(1) + qi.pow(2).sum(1) + bu[users[b]] ** 2 + bi[itemsx[b]] ** 2).mean()
+                loss = ((pred - target[b]) ** 2).mean() + self.reg * penalty
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        self.factors = _Factors(P.detach().numpy(), Q.detach().numpy(), bu.detach().numpy(), bi.detach().numpy())
+        return self
+
+
+class ImplicitALS(_FactorModel):
+    """Implicit-feedback ALS: every rated item is a positive with confidence 1 + alpha, the rest 0 with confidence 1."""
+
+    name = "implicit_als"
+    predicts_ratings = False  # scores are preferences in [0, 1], not ratings
+
+    def __init__(self, dim: int = 64, iterations: int = 15, alpha: float = 2.0, reg: float = 30.0, seed: int = 42) -> None:
+        super().__init__(seed)
+        self.dim, self.iterations, self.alpha, self.reg = dim, iterations, alpha, reg
+
+    def _solve(self, fixed: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
+        """x_u = (Y'Y + alpha Y_u'Y_u + reg I)^-1 (1 + alpha) Y_u' 1 for each row's positive items."""
+        gram = fixed.T @ fixed + self.reg * np.eye(self.dim)
+        out = np.zeros((len(rows), self.dim))
+        for row, positives in enumerate(rows):
+            if len(positives):
+                y = fixed[positives]
+                out[row] = np.linalg.solve(gram + self.alpha * (y.T @ y), (1.0 + self.alpha) * y.sum(0))
+        return out
+
+    def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> "ImplicitALS":
+        u, i, _ = self._prepare(train, items)
+        rng = np.random.default_rng(self.seed)
+        n_users, n_items = len(self.user_index), len(self.item_index)
+        by_user = np.split(i[np.argsort(u, kind="stable")], np.cumsum(np.bincount(u, minlength=n_users))[:-1])
+        by_item = np.split(u[np.argsort(i, kind="stable")], np.cumsum(np.bincount(i, minlength=n_items))[:-1])
+        users = rng.normal(0, 0.01, (n_users, self.dim))
+        item_factors = rng.normal(0, 0.01, (n_items, self.dim))
+        for _ in range(self.iterations):
+            users = self._solve(item_factors, by_user)
+            item_factors = self._solve(users, by_item)
+        self.factors = _Factors(users, item_factors, np.zeros(n_users), np.zeros(n_items))
+        return self

@@ -1,0 +1,1 @@
+"""Online serving on ONNX Runtime: the scorer, the FastAPI service and hot reload from the model registry."""

@@ -1,0 +1,227 @@
+"""The recommendation HTTP service (FastAPI; OpenAPI docs at /docs).
+
+Every response names the model version that produced it and, per item, the history item that explains it.
+Unknown users get popularity (GET) or their ad-hoc history (POST); a failure inside the model path degrades to
+popularity rather than a 500. Inputs are bounded (k, history length, id range) and rejected with 4xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import BaseModel, Field
+
+from recsys_core.serving.reload import ModelHolder, Reloader
+from recsys_core.serving.scorer import OnnxScorer, Recommendations
+
+log = logging.getLogger(__name__)
+
+MAX_ID = 2**62
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_k: int = 100
+    max_history: int = 200
+
+
+class HistoryEvent(BaseModel):
+    item_id: int = Field(ge=0, le=MAX_ID)
+    rating: float = Field(default=1.0, ge=-100.0, le=100.0)
+
+
+class HistoryRequest(BaseModel):
+    user_id: int | None = Field(default=None, ge=0, le=MAX_ID, description="known users also use their stored history")
+    history: list[HistoryEvent] = Field(default_factory=list, description="recent events, oldest first")
+    k: int = Field(default=10, ge=1)
+    exclude_seen: bool = True
+
+
+class Reason(BaseModel):
+    item_id: int
+    title: str | None
+    text: str
+
+
+class RecommendedItem(BaseModel):
+    item_id: int
+    score: float
+    title: str | None = None
+    reason: Reason | None = None
+
+
+class RecommendationResponse(BaseModel):
+    user_id: int | None
+    model_version: str
+    source: str
+    items: list[RecommendedItem]
+
+
+class SimilarResponse(BaseModel):
+    item_id: int
+    model_version: str
+    items: list[RecommendedItem]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model_version: str
+    model_source: str
+    loaded_at: float
+    n_users: int
+    n_items: int
+    providers: list[str]
+    swaps: int
+    refused: int
+    last_error: str | None
+
+
+def _response(scorer: OnnxScorer, version: str, recs: Recommendations) -> RecommendationResponse:
+    items = []
+    for item_id, score, because in zip(recs.item_ids, recs.scores, recs.reasons or [None] * len(recs.item_ids)):
+        reason = None
+        if because is not None:
+            title = scorer.title(because)
+            reason = Reason(item_id=because, title=title, text=f"because you liked {title or f'item {because}'}")
+        items.append(RecommendedItem(item_id=item_id, score=score, title=scorer.title(item_id), reason=reason))
+    return RecommendationResponse(user_id=recs.user_id, model_version=version, source=recs.source, items=items)
+
+
+class ModelCollector:
+    """Model facts read at scrape time, so a hot swap shows up without bookkeeping."""
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self.holder = holder
+
+    def collect(self) -> Iterator[Metric]:
+        current = self.holder.current
+        info = GaugeMetricFamily("recsys_model_info", "Served model (value 1)", labels=["version", "source"])
+        info.add_metric([current.version, current.source], 1.0)
+        yield info
+        yield GaugeMetricFamily("recsys_model_loaded_timestamp_seconds", "When the served model was loaded", value=current.loaded_at)
+        reloads = CounterMetricFamily("recsys_model_reloads", "Hot reload outcomes", labels=["outcome"])
+        reloads.add_metric(["swapped"], self.holder.swaps)
+        reloads.add_metric(["refused"], self.holder.refused)
+        yield reloads
+
+
+class PrometheusMiddleware:
+    """Counts requests by route template, method and status, and times them (pure ASGI: no per-request tasks)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
+            self.latency.labels(route=path).observe(time.perf_counter() - started)
+
+
+def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits()) -> FastAPI:
+    """The service around `holder`; the reloader (if any) starts and stops with the app."""
+
+    async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
+        if reloader is not None:
+            reloader.start()
+        yield
+        if reloader is not None:
+            reloader.stop()
+
+    app = FastAPI(title="recsys", description=__doc__, version="1", lifespan=lifespan)
+    registry = CollectorRegistry()
+    requests = Counter("recsys_http_requests", "HTTP requests", ["route", "method", "status"], registry=registry)
+    latency = Histogram(
+        "recsys_http_request_duration_seconds", "HTTP request latency", ["route"], registry=registry,
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )
+    served = Counter("recsys_recommendations", "Recommendation responses by source", ["source"], registry=registry)
+    registry.register(ModelCollector(holder))
+    app.add_middleware(PrometheusMiddleware, requests=requests, latency=latency)
+
+    def check_k(k: int) -> None:
+        if k > limits.max_k:
+            raise HTTPException(422, f"k={k} is above the limit {limits.max_k}")
+
+    @app.get("/recommendations/{user_id}", response_model=RecommendationResponse)
+    def recommend_user(
+        user_id: int = Path(ge=0, le=MAX_ID),
+        k: int = Query(10, ge=1, le=limits.max_k),
+        exclude_seen: bool = True,
+    ) -> RecommendationResponse:
+        model = holder.current
+        try:
+            recs = model.scorer.recommend([user_id], k=k, exclude_seen=exclude_seen)[0]
+        except Exception:  # degrade, never 500: the popularity list needs no model graph
+            log.exception("model path failed for user %s; serving popularity", user_id)
+            recs = model.scorer.popular(k, user_id=user_id)
+        served.labels(source=recs.source).inc()
+        return _response(model.scorer, model.version, recs)
+
+    @app.post("/recommendations", response_model=RecommendationResponse)
+    def recommend_history(request: HistoryRequest) -> RecommendationResponse:
+        check_k(request.k)
+        if len(request.history) > limits.max_history:
+            raise HTTPException(422, f"history has {len(request.history)} events; the limit is {limits.max_history}")
+        model = holder.current
+        item_ids = [event.item_id for event in request.history]
+        unknown = [i for i, known in zip(item_ids, model.scorer.items.contains(item_ids)) if not known] if item_ids else []
+        if unknown:
+            raise HTTPException(422, f"unknown item ids in history: {unknown[:20]}")
+        try:
+            recs = model.scorer.recommend_from_history(
+                item_ids, [event.rating for event in request.history], k=request.k,
+                user_id=request.user_id, exclude_seen=request.exclude_seen,
+            )
+        except Exception:  # degrade, never 500
+            log.exception("model path failed for an ad-hoc history; serving popularity")
+            recs = model.scorer.popular(request.k, user_id=request.user_id)
+        served.labels(source=recs.source).inc()
+        return _response(model.scorer, model.version, recs)
+
+    @app.get("/items/{item_id}/similar", response_model=SimilarResponse)
+    def similar(item_id: int = Path(ge=0, le=MAX_ID), k: int = Query(10, ge=1, le=limits.max_k)) -> SimilarResponse:
+        model = holder.current
+        if not model.scorer.items.contains([item_id])[0]:
+            raise HTTPException(404, f"item {item_id} is not in the catalogue of model {model.version}")
+        item_ids, scores = model.scorer.similar_items(item_id, k)
+        items = [RecommendedItem(item_id=i, score=s, title=model.scorer.title(i)) for i, s in zip(item_ids, scores)]
+        return SimilarResponse(item_id=item_id, model_version=model.version, items=items)
+
+    @app.get("/health", response_model=HealthResponse)
+    def health() -> HealthResponse:
+        model = holder.current
+        return HealthResponse(
+            status="ok", model_version=model.version, model_source=model.source, loaded_at=model.loaded_at,
+            n_users=len(model.scorer.users), n_items=len(model.scorer.items), providers=model.scorer.providers,
+            swaps=holder.swaps, refused=holder.refused, last_error=holder.last_error,
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,74 @@
+"""Serve recommendations over HTTP (FastAPI + uvicorn) from an ONNX model directory or a registry alias, with hot reload.
+
+Examples:
+  recsys serve --model-dir .recsys/artifacts/onnx_model/<fingerprint>/fp32 --port 8000
+  recsys serve --registry-alias champion --reload-interval 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+from recsys_core.paths import recsys_home
+from recsys_core.serving.app import Limits, create_app
+from recsys_core.serving.reload import DirectorySource, ModelHolder, ModelSource, RegistrySource, Reloader, load_validated
+from recsys_core.tracking import MlflowSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", help="an exported ONNX serving directory (watched for replacement)")
+    source.add_argument("--registry-alias", help="serve models:/<name>@<alias> from the MLflow registry, e.g. champion")
+    defaults = MlflowSettings()
+    parser.add_argument("--registered-model-name", default=defaults.registered_model_name)
+    parser.add_argument("--tracking-uri", default="", help="MLflow store; default sqlite under $RECSYS_HOME")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--reload-interval", type=float, default=10.0, help="seconds between source polls; 0 = off")
+    parser.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="ONNX Runtime intra-op threads per request; 1 suits concurrent requests, 0 = all cores")
+    parser.add_argument("--max-k", type=int, default=Limits.max_k)
+    parser.add_argument("--max-history", type=int, default=Limits.max_history)
+    parser.add_argument("--log-level", default="warning")
+
+
+def source_from_args(args: argparse.Namespace) -> ModelSource:
+    if args.model_dir:
+        return DirectorySource(args.model_dir)
+    settings = MlflowSettings(tracking_uri=args.tracking_uri, registered_model_name=args.registered_model_name)
+    return RegistrySource(settings, args.registry_alias, recsys_home() / "cache" / "served_models")
+
+
+def build_service(
+    source: ModelSource, reload_interval: float = 10.0, providers: str = "auto", limits: Limits = Limits(), threads: int = 1
+) -> FastAPI:
+    """Loads and validates the first model (fails loudly when it cannot serve), then wires the reloader."""
+    holder = ModelHolder(load_validated(source, source.current_token(), providers, threads))
+    reloader = Reloader(holder, source, reload_interval, providers, threads)
+    return create_app(holder, reloader, limits)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = source_from_args(args)
+    try:
+        app = build_service(
+            source, args.reload_interval, args.providers, Limits(max_k=args.max_k, max_history=args.max_history), args.threads
+        )
+    except Exception as error:  # nothing to serve: say what and where, no traceback
+        print(f"recsys serve: cannot serve {source.describe()}: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":  # `python -m recsys_core.serving.serve ...`: the service without the full CLI's imports
+    cli = argparse.ArgumentParser(prog="recsys serve", description=__doc__)
+    add_arguments(cli)
+    sys.exit(run(cli.parse_args()))

@@ -1,0 +1,327 @@
+"""Training of `HybridRecommender`: per-user multi-task batches, AdamW, early stopping on validation nDCG.
+
+One training example is one user. Each step, a random share of the user's training items (at most the most
+recent `history_len` of that share) is the input history; the user's other training items are the targets. So a
+target is never in its own history (no leakage) and the attention tower learns to predict unseen items from a
+history, which is what serving does with the most recent items. Losses on the targets:
+- ranking: softmax over the catalogue with the input history masked out (`n_negatives=0`, exact and cheap for
+  catalogues of a few thousand items), or a sampled softmax with popularity-proportional negatives and the logQ
+  correction (`n_negatives>0`, for large catalogues);
+- rating: MSE of the predicted rating.
+Validation (when given) ranks every item for each validation user from the stored training histories with the
+training items excluded, exactly as serving does, and keeps the weights of the best epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from recsys_core.device import resolve_device
+from recsys_core.metrics import ranking_metrics, rmse
+from recsys_core.model import (
+    HybridConfig,
+    HybridRecommender,
+    ModelBundle,
+    build_histories,
+    build_seen,
+    item_popularity,
+)
+from recsys_core.schema import ITEM_ID, RATING, RATING_COLUMNS, TIMESTAMP, USER_ID, IdIndex
+
+
+class TextVectors(Protocol):
+    """What training needs from `recsys_core.text_features.ItemTextFeatures`."""
+
+    item_ids: np.ndarray
+    vectors: np.ndarray
+
+
+@dataclass
+class TrainConfig:
+    dim: int = 64
+    history_len: int = 256
+    n_heads: int = 1
+    dropout: float = 0.3
+    item_dropout: float = 0.2
+    user_dropout: float = 0.0
+    epochs: int = 100
+    cosine_decay: bool = True
+    batch_size: int = 128
+    lr: float = 5e-3
+    weight_decay: float = 0.6
+    rating_weight: float = 0.3
+    ranking_weight: float = 1.0
+    n_negatives: int = 0
+    popularity_alpha: float = 0.75
+    history_keep: float = 0.5
+    patience: int = 8
+    k: int = 10
+    seed: int = 42
+    device: str = "auto"
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"TrainConfig needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if not 0.0 < self.history_keep < 1.0:
+            raise ValueError(f"TrainConfig.history_keep must be in (0, 1), got {self.history_keep}")
+        if self.rating_weight < 0 or self.ranking_weight < 0 or self.rating_weight + self.ranking_weight == 0:
+            raise ValueError("TrainConfig loss weights must be >= 0 and not both 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    bundle: ModelBundle
+    history: list[dict[str, float]]  # one row per epoch: losses, validation metrics
+    best_epoch: int
+    train_seconds: float
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _check_ratings(frame: pd.DataFrame, name: str) -> None:
+    missing = [c for c in RATING_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} lacks the canonical columns {missing}")
+
+
+def _item_index(train: pd.DataFrame, items: pd.DataFrame | None) -> IdIndex:
+    """The catalogue: every item in `items` (so text-only items get vectors), plus any item rated in training."""
+    ids = train[ITEM_ID].to_numpy(np.int64)
+    if items is not None and len(items):
+        ids = np.concatenate([items[ITEM_ID].to_numpy(np.int64), ids])
+    return IdIndex.from_ids(ids)
+
+
+def _text_matrix(text: TextVectors | None, item_index: IdIndex) -> np.ndarray | None:
+    """Text vectors aligned with the item index; items without text get zeros."""
+    if text is None:
+        return None
+    vectors = np.asarray(text.vectors, dtype=np.float32)
+    item_ids = np.asarray(text.item_ids, dtype=np.int64)
+    if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
+        raise ValueError(f"text features: {len(item_ids)} item ids but vectors of shape {vectors.shape}")
+    matrix = np.zeros((len(item_index), vectors.shape[1]), dtype=np.float32)
+    pos = item_index.encode(item_ids, missing=-1)
+    matrix[pos[pos >= 0]] = vectors[pos >= 0]
+    return matrix
+
+
+@dataclass
+class _PaddedRatings:
+    """Each user's training items, ratings and time order as padded [n_users, max_len] tensors."""
+
+    items: torch.Tensor
+    ratings: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def build(cls, u: np.ndarray, i: np.ndarray, r: np.ndarray, t: np.ndarray, n_users: int) -> "_PaddedRatings":
+        order = np.lexsort((i, t, u))
+        u, i, r = u[order], i[order], r[order]
+        counts = np.bincount(u, minlength=n_users)
+        width = max(int(counts.max()) if len(counts) else 1, 1)
+        col = np.arange(len(u)) - np.repeat(np.r_[0, np.cumsum(counts)[:-1]], counts)
+        items = np.zeros((n_users, width), np.int64)
+        ratings = np.zeros((n_users, width), np.float32)
+        mask = np.zeros((n_users, width), bool)
+        items[u, col], ratings[u, col], mask[u, col] = i, r, True
+        return cls(torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask))
+
+
+class HybridTrainer:
+    """Owns the data tensors, the model and the optimiser for one training run."""
+
+    def __init__(
+        self,
+        train: pd.DataFrame,
+        items: pd.DataFrame | None,
+        text: TextVectors | None,
+        config: TrainConfig,
+    ) -> None:
+        _check_ratings(train, "train ratings")
+        if train.empty:
+            raise ValueError("train ratings are empty: nothing to learn from")
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.user_index = IdIndex.from_ids(train[USER_ID])
+        self.item_index = _item_index(train, items)
+        self.train = train
+        text_matrix = _text_matrix(text, self.item_index)
+        self.popularity = item_popularity(train, self.item_index)
+        values = train[RATING].to_numpy(np.float32)
+        self.model_config = HybridConfig(
+            n_users=len(self.user_index),
+            n_items=len(self.item_index),
+            text_dim=0 if text_matrix is None else text_matrix.shape[1],
+            dim=config.dim,
+            history_len=config.history_len,
+            n_heads=config.n_heads,
+            dropout=config.dropout,
+            item_dropout=config.item_dropout,
+            user_dropout=config.user_dropout,
+            global_mean=float(values.mean()),
+            rating_min=float(values.min()),
+            rating_max=float(values.max()),
+        )
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.model = HybridRecommender(self.model_config)
+        self.model.set_item_features(text_matrix, self.popularity)
+        self.model.to(self.device)
+        self.padded = _PaddedRatings.build(
+            self.user_index.encode(train[USER_ID].to_numpy()),
+            self.item_index.encode(train[ITEM_ID].to_numpy()),
+            values,
+            train[TIMESTAMP].to_numpy(np.int64),
+            len(self.user_index),
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
+        steps_per_epoch = -(-len(self.user_index) // config.batch_size)
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs * steps_per_epoch, eta_min=config.lr * 0.05)
+            if config.cosine_decay
+            else None
+        )
+        q = self.popularity.astype(np.float64) ** config.popularity_alpha + 1e-6
+        self.sampling_probs = torch.as_tensor(q / q.sum(), dtype=torch.float32)
+        histories = build_histories(train, self.user_index, self.item_index, config.history_len)
+        indptr, indices = build_seen(train, self.user_index, self.item_index)
+        self.bundle = ModelBundle(self.model, self.user_index, self.item_index, histories, indptr, indices, self.popularity)
+
+    def _batch(self, users: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Random history / target split of each user's training items (the history never holds a target)."""
+        L = self.config.history_len
+        items, ratings, mask = self.padded.items[users], self.padded.ratings[users], self.padded.mask[users]
+        draw = torch.rand(mask.shape, generator=self.generator)
+        chosen = mask & (draw < self.config.history_keep)
+        position = torch.arange(mask.shape[1]).expand_as(mask)
+        key = torch.where(chosen, position, torch.full_like(position, -1))
+        width = min(L, mask.shape[1])
+        top_key, top_pos = torch.topk(key, width, dim=1)
+        hist_mask = top_key >= 0
+        in_history = torch.zeros_like(mask)
+        in_history.scatter_(1, top_pos, hist_mask)
+        hist_items = torch.where(hist_mask, items.gather(1, top_pos), torch.zeros_like(top_pos))
+        hist_ratings = torch.where(hist_mask, ratings.gather(1, top_pos), torch.zeros(()))
+        if width < L:
+            pad = L - width
+            hist_items = F.pad(hist_items, (pad, 0))
+            hist_ratings = F.pad(hist_ratings, (pad, 0))
+            hist_mask = F.pad(hist_mask, (pad, 0))
+        target_mask = mask & ~in_history
+        tensors = (users, hist_items, hist_ratings, hist_mask, items, ratings, target_mask)
+        return tuple(t.to(self.device) for t in tensors)
+
+    def _losses(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        users, hist_items, hist_ratings, hist_mask, items, ratings, target_mask = batch
+        n_targets = target_mask.sum(1).clamp(min=1)
+        targetf = target_mask.float()
+        if self.config.n_negatives > 0:
+            pos_scores, pos_ratings = self.model(users, hist_items, hist_ratings, hist_mask, items)
+            negatives = torch.multinomial(
+                self.sampling_probs, self.config.n_negatives, replacement=True, generator=self.generator
+            ).to(self.device)
+            neg_scores, _ = self.model(users, hist_items, hist_ratings, hist_mask, negatives.expand(len(users), -1))
+            log_q = torch.log(self.sampling_probs.to(self.device) * self.config.n_negatives)
+            neg_logits = neg_scores - log_q[negatives]
+            own = (negatives.view(1, 1, -1) == items.unsqueeze(-1)) & self.padded.mask[users.cpu()].to(self.device).unsqueeze(-1)
+            neg_logits = neg_logits.masked_fill(own.any(1), float("-inf"))
+            pos_logits = pos_scores - log_q[items]
+            lse = torch.logaddexp(pos_logits, torch.logsumexp(neg_logits, dim=1, keepdim=True))
+            ranking = ((lse - pos_logits) * targetf).sum(1) / n_targets
+        else:
+            scores, all_ratings = self.model(users, hist_items, hist_ratings, hist_mask)
+            history_dense = torch.zeros_like(scores).scatter_add_(1, hist_items, hist_mask.float()) > 0
+            log_probs = torch.log_softmax(scores.masked_fill(history_dense, float("-inf")), dim=1)
+            ranking = -torch.where(target_mask, log_probs.gather(1, items), 0.0).sum(1) / n_targets
+            pos_ratings = all_ratings.gather(1, items)
+        has_targets = (target_mask.sum(1) > 0).float()
+        ranking = (ranking * has_targets).sum() / has_targets.sum().clamp(min=1)
+        rating = (((pos_ratings - ratings) ** 2) * targetf).sum() / targetf.sum().clamp(min=1)
+        return ranking, rating
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        order = torch.randperm(len(self.user_index), generator=self.generator)
+        totals = np.zeros(3)
+        n_batches = 0
+        for start in range(0, len(order), self.config.batch_size):
+            batch = self._batch(order[start : start + self.config.batch_size])
+            ranking, rating = self._losses(batch)
+            loss = self.config.ranking_weight * ranking + self.config.rating_weight * rating
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            totals += [loss.item(), ranking.item(), rating.item()]
+            n_batches += 1
+        loss, ranking, rating = totals / max(n_batches, 1)
+        return {"train_loss": loss, "train_ranking_loss": ranking, "train_rating_mse": rating}
+
+    def evaluate(self, validation: pd.DataFrame) -> dict[str, float]:
+        """Ranking metrics @k (training items excluded) and rating RMSE on `validation`."""
+        users = np.unique(validation[USER_ID].to_numpy(np.int64))
+        rateable = validation[self.item_index.contains(validation[ITEM_ID].to_numpy())]
+        recs = self.bundle.recommend(users, k=self.config.k, exclude_seen=True)
+        metrics = {f"val_{name}": value for name, value in ranking_metrics(recs, validation, self.config.k).items()}
+        if len(rateable):
+            predicted = self.bundle.predict_ratings(rateable[USER_ID].to_numpy(), rateable[ITEM_ID].to_numpy())
+            metrics["val_rmse"] = rmse(rateable[RATING].to_numpy(), predicted)
+        return metrics
+
+
+def train_hybrid(
+    train: pd.DataFrame,
+    validation: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    text: TextVectors | None = None,
+    config: TrainConfig | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Trains a hybrid model; with a non-empty `validation`, stops early on val nDCG@k and keeps the best epoch.
+
+    `on_epoch(epoch, row)` is called after every epoch (e.g. to log metrics to MLflow).
+    """
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    trainer = HybridTrainer(train, items, text, config)
+    use_validation = validation is not None and not validation.empty
+    if use_validation:
+        _check_ratings(validation, "validation ratings")
+    monitor = f"val_ndcg@{config.k}"
+    best_score, best_epoch, best_state = -np.inf, config.epochs, None
+    history: list[dict[str, float]] = []
+    progress = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not config.show_progress)
+    for epoch in progress:
+        row = {"epoch": float(epoch), **trainer.train_epoch()}
+        if use_validation:
+            row.update(trainer.evaluate(validation))
+            if row[monitor] > best_score:
+                best_score, best_epoch = row[monitor], epoch
+                best_state = copy.deepcopy(trainer.model.state_dict())
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        progress.set_postfix({key: f"{value:.4f}" for key, value in row.items() if key in ("train_loss", monitor)})
+        if use_validation and epoch - best_epoch >= config.patience:
+            break
+    if best_state is not None:
+        trainer.model.load_state_dict(best_state)
+    trainer.model.eval()
+    final = trainer.evaluate(validation) if use_validation else {}
+    return TrainResult(trainer.bundle, history, best_epoch, time.perf_counter() - started, final)

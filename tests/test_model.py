@@ -1,0 +1,157 @@
+"""HybridRecommender contract: exact dot-product scores, text-only cold items, unknown users, no-pickle save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+from recsys_core.model import (
+    HybridConfig,
+    HybridRecommender,
+    ModelBundle,
+    build_histories,
+    build_seen,
+    item_popularity,
+    load_model,
+    save_model,
+)
+from recsys_core.schema import IdIndex
+
+N_USERS, N_ITEMS, TEXT_DIM, L = 4, 6, 5, 3
+
+
+def make_model(seed: int = 0) -> HybridRecommender:
+    torch.manual_seed(seed)
+    model = HybridRecommender(HybridConfig(n_users=N_USERS, n_items=N_ITEMS, text_dim=TEXT_DIM, dim=8, history_len=L, n_heads=2))
+    text = np.random.default_rng(seed).normal(size=(N_ITEMS, TEXT_DIM)).astype(np.float32)
+    model.set_item_features(text, np.array([5, 3, 0, 2, 1, 0]))
+    return model.eval()
+
+
+def inputs() -> tuple[torch.Tensor, ...]:
+    user_idx = torch.tensor([0, 3, N_USERS])  # last: unknown user
+    hist_items = torch.tensor([[0, 1, 3], [0, 0, 4], [0, 1, 2]])
+    hist_ratings = torch.tensor([[5.0, 3.0, 4.0], [0.0, 0.0, 2.0], [0.0, 4.0, 5.0]])
+    hist_mask = torch.tensor([[True, True, True], [False, False, True], [False, True, True]])
+    return user_idx, hist_items, hist_ratings, hist_mask
+
+
+def test_ranking_score_is_exactly_user_dot_item() -> None:
+    model = make_model()
+    with torch.no_grad():
+        users, items = model.user_vectors(*inputs()), model.item_vectors()
+        scores, ratings = model(*inputs())
+    assert users.shape == (3, 9) and items.shape == (N_ITEMS, 9) and users.dtype == torch.float32
+    torch.testing.assert_close(users @ items.T, scores, atol=1e-5, rtol=1e-5)
+    picked, picked_ratings = model(*inputs(), item_idx=torch.tensor([[2, 0]] * 3))
+    torch.testing.assert_close(picked, scores[:, [2, 0]])
+    torch.testing.assert_close(picked_ratings, ratings[:, [2, 0]])
+
+
+def test_items_without_ratings_are_scored_from_text_alone() -> None:
+    model = make_model()
+    before = model.item_vectors().detach()
+    with torch.no_grad():
+        model.items.id_embedding.weight.add_(1.0)
+        model.items.id_bias.weight.add_(1.0)
+    after = model.item_vectors().detach()
+    cold, warm = [2, 5], [0, 1, 3, 4]
+    torch.testing.assert_close(after[cold], before[cold])
+    assert not torch.allclose(after[warm], before[warm])
+
+
+def test_unknown_user_depends_only_on_history_and_empty_history_is_finite() -> None:
+    model = make_model()
+    user_idx, hist_items, hist_ratings, hist_mask = inputs()
+    with torch.no_grad():
+        model.user_embedding.weight.normal_()
+        unknown = model.user_vectors(user_idx[2:], hist_items[2:], hist_ratings[2:], hist_mask[2:])
+        assert not torch.allclose(unknown, model.user_vectors(user_idx[2:], hist_items[:1], hist_ratings[:1], hist_mask[:1]))
+        empty = model.user_vectors(user_idx[2:], hist_items[2:], hist_ratings[2:], torch.zeros_like(hist_mask[2:]))
+    assert torch.isfinite(empty).all()
+
+
+def test_save_and_load_round_trip_without_pickle(tmp_path: Path) -> None:
+    model = make_model()
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded.item_vectors(), model.item_vectors())
+    with pytest.raises(FileNotFoundError, match="has no"):
+        load_model(tmp_path / "missing")
+
+
+def test_config_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        HybridConfig(n_users=1, n_items=1, dim=10, n_heads=4)
+    with pytest.raises(ValueError, match="n_users"):
+        HybridConfig(n_users=0, n_items=1)
+
+
+def test_user_tower_exports_to_onnx(tmp_path: Path) -> None:
+    class UserEncoder(torch.nn.Module):
+        def __init__(self, model: HybridRecommender) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.model.user_vectors(*args)
+
+    model = make_model()
+    expected = model.user_vectors(*inputs()).detach().numpy()
+    names = ["user_idx", "hist_items", "hist_ratings", "hist_mask"]
+    # the wrapper must be in eval mode too: export restores every submodule to the wrapper's mode afterwards
+    torch.onnx.export(UserEncoder(model).eval(), inputs(), tmp_path / "user.onnx", input_names=names, output_names=["user_vec"],
+                      dynamic_axes={name: {0: "batch"} for name in names}, dynamo=False)  # fmt: skip
+    session = ort.InferenceSession(str(tmp_path / "user.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: t.numpy() for name, t in zip(names, inputs())})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def make_train() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": np.array([10, 10, 10, 10, 20, 20], np.int64),
+            "item_id": np.array([101, 102, 103, 104, 101, 105], np.int64),
+            "rating": np.array([5, 4, 3, 2, 1, 5], np.float32),
+            "timestamp": np.array([4, 3, 2, 1, 7, 7], np.int64),
+        }
+    )
+
+
+def test_histories_keep_most_recent_last_and_left_pad() -> None:
+    train = make_train()
+    users, items = IdIndex.from_ids(train["user_id"]), IdIndex.from_ids(np.arange(101, 107))
+    h = build_histories(train, users, items, history_len=3)
+    # user 10 rated 104 (t=1), 103, 102, 101 (t=4): the three most recent, oldest first
+    assert items.decode(h.hist_items[0]).tolist() == [103, 102, 101] and h.hist_mask[0].all()
+    assert h.hist_mask[1].tolist() == [False, True, True] and h.hist_items[1, 0] == 0
+    assert items.decode(h.hist_items[1, 1:]).tolist() == [101, 105]  # equal times: by item id
+    indptr, indices = build_seen(train, users, items)
+    assert indptr.tolist() == [0, 4, 6] and items.decode(indices).tolist() == [101, 102, 103, 104, 101, 105]
+    assert item_popularity(train, items).tolist() == [2, 1, 1, 1, 1, 0]
+
+
+def test_bundle_round_trip_recommends_unseen_items_and_predicts_in_range(tmp_path: Path) -> None:
+    train = make_train()
+    users, items = IdIndex.from_ids(train["user_id"]), IdIndex.from_ids(np.arange(101, 107))
+    torch.manual_seed(0)
+    model = HybridRecommender(HybridConfig(n_users=2, n_items=6, dim=4, history_len=3, n_heads=1)).eval()
+    model.set_item_features(None, item_popularity(train, items))
+    indptr, indices = build_seen(train, users, items)
+    bundle = ModelBundle(model, users, items, build_histories(train, users, items, 3), indptr, indices, item_popularity(train, items))
+    loaded = ModelBundle.load(bundle.save(tmp_path / "model"))
+    recs = loaded.recommend(np.array([10, 20, 999]), k=3)
+    assert set(recs.columns) == {"user_id", "item_id", "rank", "score"}
+    assert set(recs.loc[recs.user_id == 10, "item_id"]) == {105, 106}  # only two unseen items left
+    assert not set(recs.loc[recs.user_id == 20, "item_id"]) & {101, 105}
+    assert len(recs[recs.user_id == 999]) == 3  # unknown user still gets recommendations
+    cold = loaded.recommend(np.array([10]), k=5, exclude_seen=False, candidates=np.array([104, 106]))
+    assert set(cold["item_id"]) == {104, 106}
+    predicted = loaded.predict_ratings(np.array([10, 20, 999]), np.array([105, 102, 106]))
+    assert predicted.shape == (3,) and ((predicted >= 1) & (predicted <= 5)).all()

@@ -1,0 +1,152 @@
+"""Training, baselines and the `trained_model` asset on tiny synthetic data (seconds, CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from dagster import AssetKey, DagsterInstance, asset, materialize
+
+from recsys_core.baselines import BiasedMF, ImplicitALS, MostPopular
+from recsys_core.metrics import rmse
+from recsys_core.model import ModelBundle
+from recsys_core.split import stratified_random_split
+from recsys_core.synthetic import generate_synthetic
+from recsys_core.text_features import ItemTextFeatures
+from recsys_core.training import TrainConfig, train_hybrid
+from recsys_dagster.assets.split import rating_splits
+from recsys_dagster.assets.training import trained_model
+from recsys_dagster.resources.compute import ComputeResource
+from recsys_dagster.resources.io_manager import RecsysIOManager
+from recsys_dagster.resources.tracking import MlflowResource
+
+TINY = dict(dim=8, n_heads=2, history_len=16, batch_size=16, show_progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return generate_synthetic(n_users=60, n_items=80, n_ratings=1500, seed=1)
+
+
+def text_for(items: pd.DataFrame, dim: int = 6, seed: int = 0) -> ItemTextFeatures:
+    ids = np.sort(items["item_id"].to_numpy(np.int64))
+    vectors = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return ItemTextFeatures(ids, vectors, n_encoded=len(ids), n_reused=0, model_id="random", fingerprint="f" * 16)
+
+
+def test_training_is_deterministic_and_reports_history(data) -> None:
+    ratings, items = data
+    split = stratified_random_split(ratings, 0.15, 0.15, seed=0)
+    config = TrainConfig(epochs=3, patience=5, **TINY)
+    first = train_hybrid(split.train, split.validation, items, text_for(items), config)
+    second = train_hybrid(split.train, split.validation, items, text_for(items), config)
+    assert [row["epoch"] for row in first.history] == [1.0, 2.0, 3.0]
+    assert {"train_loss", "train_ranking_loss", "train_rating_mse", "val_ndcg@10", "val_rmse"} <= set(first.history[0])
+    assert np.isfinite([row["train_loss"] for row in first.history]).all()
+    assert 1 <= first.best_epoch <= 3 and "val_ndcg@10" in first.final_metrics
+    torch.testing.assert_close(first.bundle.model.item_vectors(), second.bundle.model.item_vectors())
+    assert first.bundle.config.n_items == len(items)  # text-only items are in the catalogue
+
+
+def test_training_lowers_the_loss_and_sampled_softmax_runs(data) -> None:
+    ratings, items = data
+    full = train_hybrid(ratings, None, items, None, TrainConfig(epochs=8, lr=2e-2, **TINY))
+    assert full.history[-1]["train_loss"] < full.history[0]["train_loss"]
+    sampled = train_hybrid(ratings, None, items, text_for(items), TrainConfig(epochs=2, n_negatives=20, **TINY))
+    assert np.isfinite(sampled.history[-1]["train_ranking_loss"])
+
+
+def test_bad_training_input_is_named(data) -> None:
+    ratings, items = data
+    with pytest.raises(ValueError, match="canonical columns"):
+        train_hybrid(ratings.drop(columns="timestamp"), None, items, None, TrainConfig(epochs=1, **TINY))
+    with pytest.raises(ValueError, match="history_keep"):
+        TrainConfig(history_keep=1.5)
+
+
+def test_baselines_share_the_recommend_interface(data) -> None:
+    ratings, items = data
+    split = stratified_random_split(ratings, 0.0, 0.2, seed=0)
+    users = np.unique(split.test["user_id"])
+    popular = MostPopular().fit(split.train, items)
+    recs = popular.recommend(users, k=5)
+    top = split.train["item_id"].value_counts()
+    first_user = users[0]
+    seen = set(split.train.loc[split.train.user_id == first_user, "item_id"])
+    unseen_counts = [count for item, count in top.items() if item not in seen]
+    first_items = recs.loc[recs.user_id == first_user, "item_id"].tolist()
+    assert [top[item] for item in first_items] == unseen_counts[:5]  # most rated first (ties in any order)
+    for model in (popular, BiasedMF(dim=4, epochs=3), ImplicitALS(dim=4, iterations=2)):
+        model = model if model is popular else model.fit(split.train, items)
+        recs = model.recommend(users, k=5)
+        assert list(recs.columns) == ["user_id", "item_id", "rank", "score"] and len(recs) == 5 * len(users)
+        merged = recs.merge(split.train, on=["user_id", "item_id"])
+        assert merged.empty  # training items are excluded
+    mf = BiasedMF(dim=4, epochs=30, lr=1e-2).fit(split.train, items)
+    predicted = mf.predict_ratings(split.train["user_id"].to_numpy(), split.train["item_id"].to_numpy())
+    constant = np.full(len(split.train), split.train["rating"].mean())
+    assert rmse(split.train["rating"], predicted) < rmse(split.train["rating"], constant)
+
+
+SOURCES: dict[str, object] = {}
+
+
+@asset
+def validated_ratings() -> pd.DataFrame:
+    return SOURCES["ratings"]
+
+
+@asset
+def validated_items() -> pd.DataFrame:
+    return SOURCES["items"]
+
+
+@asset
+def item_text_features() -> dict:
+    return SOURCES["text_manifest"]
+
+
+def test_trained_model_asset_tracks_a_run_in_mlflow(data, tmp_path: Path, recsys_home: Path) -> None:
+    ratings, items = data
+    features = text_for(items)
+    path = features.save(tmp_path / "features.npz")
+    SOURCES.update(ratings=ratings, items=items, text_manifest={"path": str(path), "fingerprint": features.fingerprint})
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [validated_ratings, validated_items, item_text_features, rating_splits, trained_model],
+            resources={
+                "io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")),
+                "mlflow": MlflowResource(tracking_uri=tracking_uri, experiment_name="test"),
+                "compute": ComputeResource(device="cpu"),
+            },
+            run_config={"ops": {
+                "rating_splits": {"config": {"strategy": "random"}},
+                "trained_model": {"config": {"epochs": 2, "dim": 8, "history_len": 16, "batch_size": 16}},
+            }},  # fmt: skip
+            instance=instance,
+        )
+        assert result.success
+        manifest = result.output_for_node("trained_model")
+        event = instance.get_latest_materialization_event(AssetKey("trained_model")).asset_materialization
+    bundle = ModelBundle.load(manifest["model_dir"])
+    assert Path(manifest["model_dir"]).is_relative_to(recsys_home)
+    assert bundle.config.dim == 8 and manifest["text_features_fingerprint"] == features.fingerprint
+    assert {"val_ndcg@10", "val_rmse"} <= set(manifest["metrics"])
+    run = mlflow.MlflowClient(tracking_uri).get_run(manifest["run_id"])
+    assert run.data.tags["dagster.run_id"] == result.run_id
+    assert run.data.tags["dagster.asset_key"] == "trained_model"
+    assert run.data.tags["data_fingerprint"] == manifest["data_fingerprint"]
+    assert run.data.params["dim"] == "8"
+    history = mlflow.MlflowClient(tracking_uri).get_metric_history(manifest["run_id"], "train_loss")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in mlflow.MlflowClient(tracking_uri).list_artifacts(manifest["run_id"], "model")}
+    assert "model/model.safetensors" in artifacts
+    assert "data:image/png;base64," in event.metadata["loss_curve"].value
+    assert event.metadata["n_parameters"].value == bundle.model.n_parameters()
+    assert event.metadata["mlflow_run"].value == manifest["run_url"]
