@@ -6,7 +6,7 @@ export RECSYS_HOME ?= $(CURDIR)/.recsys
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test ui mlflow-ui bench clean
+.PHONY: install demo test ui mlflow-ui screenshots clean
 
 install: .venv/.installed
 
@@ -30,6 +30,11 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 
 mlflow-ui: install
 	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(RECSYS_HOME)/mlflow.db -h 127.0.0.1 -p 5000
+
+# Screenshots of the Dagster UI (needs `make ui` running and Debian's chromium) into out/screenshots/.
+screenshots: install
+	$(PIP) install -qq -c constraints.txt -e ".[ui]"
+	$(PY) scripts/screenshot.py out/screenshots http://127.0.0.1:3000/asset-groups http://127.0.0.1:3000/automation
 
 clean:
 	rm -rf .dagster_home .recsys

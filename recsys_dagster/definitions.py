@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from recsys_dagster.assets import ab, evaluation, export, features, ingestion, split, training, validation
+from recsys_dagster.checks import CHECKS
 from recsys_dagster.jobs import JOBS, SCHEDULES
 from recsys_dagster.resources import resources_for
 from recsys_dagster.sensors import SENSORS
@@ -23,7 +24,7 @@ STAGES = {
 
 defs = Definitions(
     assets=[asset for group, module in STAGES.items() for asset in load_assets_from_modules([module], group_name=group)],
-    asset_checks=load_asset_checks_from_modules(list(STAGES.values())),
+    asset_checks=[*load_asset_checks_from_modules(list(STAGES.values())), *CHECKS],
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,

@@ -8,8 +8,9 @@ from dagster import AssetKey, DagsterInstance, MetadataValue
 
 # Metadata worth a line in the summary, in this order, when an asset reports it.
 SUMMARY_KEYS = (
-    "rows", "rejected_rows", "users", "items", "n_items", "items_encoded", "items_reused", "dim",
-    "rmse", "ndcg@10", "map@10", "recall@10", "decision", "version", "training_seconds",
+    "rows", "dagster/row_count", "rejected_rows", "users", "items", "n_items", "items_encoded", "items_reused", "dim",
+    "best_epoch", "n_parameters", "train_seconds", "registered_version", "rmse", "ndcg@10", "map@10", "recall@10",
+    "decision",
 )  # fmt: skip
 
 

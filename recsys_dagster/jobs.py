@@ -4,12 +4,14 @@ import os
 
 from dagster import AssetSelection, ScheduleDefinition, define_asset_job
 
+from recsys_dagster.checks import model_newer_than_data
+
 LANDED = AssetSelection.assets("landed_ratings")
 
 ingest_and_validate = define_asset_job(
     "ingest_and_validate",
-    selection=AssetSelection.groups("ingestion", "validation") - LANDED,
-    description="Read the data source and split it into validated and rejected rows.",
+    selection=(AssetSelection.groups("ingestion", "validation") - LANDED) | AssetSelection.checks(model_newer_than_data),
+    description="Read the data source and split it into validated and rejected rows; flag a model older than the data.",
 )
 
 ingest_landed_ratings = define_asset_job(
@@ -24,6 +26,18 @@ full_pipeline = define_asset_job(
     description="Every asset, from ingestion to the A/B report (landed drops are read as they are).",
 )
 
+train_and_evaluate = define_asset_job(
+    "train_and_evaluate",
+    selection=AssetSelection.groups("split", "features", "training", "export", "evaluation", "ab"),
+    description="Split, text features, model, ONNX export, offline metrics and the A/B report on the validated data.",
+)
+
+ab_evaluation = define_asset_job(
+    "ab_evaluation",
+    selection=AssetSelection.assets("ab_report"),
+    description="Challenger vs champion for the latest exported model; moves the champion alias on promotion.",
+)
+
 nightly_retrain = ScheduleDefinition(
     name="nightly_retrain",
     job=full_pipeline,
@@ -32,5 +46,5 @@ nightly_retrain = ScheduleDefinition(
     description="Re-ingest, validate and retrain every night; the A/B report decides whether the new model is promoted.",
 )
 
-JOBS = [ingest_and_validate, ingest_landed_ratings, full_pipeline]
+JOBS = [ingest_and_validate, ingest_landed_ratings, train_and_evaluate, full_pipeline, ab_evaluation]
 SCHEDULES = [nightly_retrain]

@@ -17,7 +17,7 @@ from dagster import (
 
 from recsys_core.landing import list_landed_files
 from recsys_dagster.assets.ingestion import rating_drops
-from recsys_dagster.jobs import full_pipeline, ingest_landed_ratings
+from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_ratings
 from recsys_dagster.resources.data_source import DataSourceResource
 
 
@@ -47,4 +47,14 @@ def retrain_on_new_data(context: SensorEvaluationContext, asset_event: EventLogE
     return RunRequest(run_key=f"landed:{asset_event.run_id}:{partition}", tags={"recsys/trigger": f"landed_ratings:{partition}"})
 
 
-SENSORS = [rating_drop_sensor, retrain_on_new_data]
+
+@asset_sensor(asset_key=AssetKey("onnx_model"), job=ab_evaluation, default_status=DefaultSensorStatus.RUNNING)
+def ab_report_on_new_model(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest | SkipReason:
+    """Every new challenger gets an A/B report, unless the run that exported it already produces one."""
+    run = context.instance.get_run_by_id(asset_event.run_id)
+    if run is not None and run.asset_selection and AssetKey("ab_report") in run.asset_selection:
+        return SkipReason(f"run {asset_event.run_id} exporting the model also produces its A/B report")
+    return RunRequest(run_key=f"ab:{asset_event.run_id}", tags={"recsys/trigger": f"onnx_model:{asset_event.run_id}"})
+
+
+SENSORS = [rating_drop_sensor, retrain_on_new_data, ab_report_on_new_model]

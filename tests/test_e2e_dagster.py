@@ -118,11 +118,20 @@ def code_location_loaded(deployment: Deployment) -> bool:
     return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
 
-def latest_metadata(deployment: Deployment, asset: str) -> dict:
+def latest_materialization(deployment: Deployment, asset: str) -> tuple[str, dict] | None:
+    """(run id, integer metadata) of the asset's latest materialisation, read back through GraphQL."""
     data = deployment.query(ASSET_METADATA_QUERY, {"key": {"path": [asset]}})
-    materializations = data["assetOrError"]["assetMaterializations"]
-    assert materializations, f"{asset} was never materialised"
-    return {e["label"]: e.get("intValue") for e in materializations[0]["metadataEntries"]}
+    materializations = data["assetOrError"].get("assetMaterializations") or []
+    if not materializations:
+        return None
+    latest = materializations[0]
+    return latest["runId"], {e["label"]: e.get("intValue") for e in latest["metadataEntries"]}
+
+
+def latest_metadata(deployment: Deployment, asset: str) -> dict:
+    found = latest_materialization(deployment, asset)
+    assert found, f"{asset} was never materialised"
+    return found[1]
 
 
 def test_full_pipeline_through_graphql(deployment: Deployment) -> None:
@@ -131,17 +140,23 @@ def test_full_pipeline_through_graphql(deployment: Deployment) -> None:
     validated = latest_metadata(deployment, "validated_ratings")
     raw = latest_metadata(deployment, "raw_ratings")
     assert validated["rows"] + validated["rejected_rows"] == raw["rows"] > 3_000
+    for asset in ("item_text_features", "trained_model", "onnx_model", "offline_metrics", "ab_report"):
+        assert latest_materialization(deployment, asset)[0] == run_id, asset
 
 
 def test_dropped_file_flows_through_sensors_without_further_action(deployment: Deployment) -> None:
+    """Acceptance: a drop leads, with no further action, to a validated partition, a retrained model, its ONNX
+    export and an A/B report, through the drop sensor and the retrain sensor run by the daemon."""
+    previous_run = latest_materialization(deployment, "ab_report")[0]
     before = latest_metadata(deployment, "validated_ratings")["rows"]
     drop = "user_id,item_id,rating,timestamp\n" + "".join(f"{900000 + u},{i},4,1700000000\n" for u in range(5) for i in (1, 2, 3))
     (deployment.landing / "_drop-001.csv").write_text(drop)
     (deployment.landing / "_drop-001.csv").rename(deployment.landing / "drop-001.csv")  # atomic: the sensor sees it whole
     deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        after = latest_metadata(deployment, "validated_ratings")["rows"]
-        if after >= before + 15:
-            break
+    while (latest := latest_materialization(deployment, "ab_report")[0]) == previous_run:
+        assert time.monotonic() < deadline, "no A/B report followed the drop"
         time.sleep(5)
-    assert after == before + 15
+    assert latest_materialization(deployment, "landed_ratings") is not None
+    for asset in ("validated_ratings", "trained_model", "onnx_model", "ab_report"):
+        assert latest_materialization(deployment, asset)[0] == latest, asset
+    assert latest_metadata(deployment, "validated_ratings")["rows"] == before + 15

@@ -97,11 +97,14 @@ def test_landed_drops_are_validated_with_the_source_and_bad_drops_skipped(tmp_pa
     }
     assets = load_assets_from_modules([ingestion, validation])
     with DagsterInstance.ephemeral() as instance:
-        instance.add_dynamic_partitions("rating_drops", ["good.csv", "broken.csv"])
+        instance.add_dynamic_partitions("rating_drops", ["good.csv"])
         assert materialize([ingestion.landed_ratings], partition_key="good.csv", resources=resources, instance=instance).success
+        run_config = {"ops": {op: {"config": {"data_docs": False}} for op in ("validate_item_catalogue", "validate_rating_log")}}
+        one_drop = materialize(assets, selection=UNPARTITIONED, resources=resources, instance=instance, run_config=run_config)
+        assert 900001 in set(one_drop.output_for_node("validate_rating_log", "validated_ratings")["user_id"])
+        instance.add_dynamic_partitions("rating_drops", ["broken.csv"])
         broken = materialize([ingestion.landed_ratings], partition_key="broken.csv", resources=resources, instance=instance, raise_on_error=False)
         assert not broken.success
-        run_config = {"ops": {op: {"config": {"data_docs": False}} for op in ("validate_item_catalogue", "validate_rating_log")}}
         result = materialize(assets, selection=UNPARTITIONED, resources=resources, instance=instance, run_config=run_config)
         valid = result.output_for_node("validate_rating_log", "validated_ratings")
         rejected = result.output_for_node("validate_rating_log", "rejected_ratings")
@@ -115,9 +118,11 @@ def test_landed_drops_are_validated_with_the_source_and_bad_drops_skipped(tmp_pa
 
 def ingestion_job():
     """Module-level so `reconstructable` can rebuild it; in-process, as pytest's test modules are not importable elsewhere."""
-    from dagster import Definitions, in_process_executor
+    from dagster import Definitions, define_asset_job, in_process_executor
 
-    from recsys_dagster.jobs import ingest_and_validate
+    from recsys_dagster.jobs import LANDED
+
+    ingest_and_validate = define_asset_job("ingest_and_validate", selection=AssetSelection.groups("ingestion", "validation") - LANDED)
 
     data_source = DataSourceResource(kind="files", ratings_path=os.environ["TEST_RATINGS"], items_path=os.environ["TEST_ITEMS"])
     defs = Definitions(
@@ -148,3 +153,29 @@ def test_failed_run_reexecutes_from_failure_without_redoing_finished_steps(tmp_p
         assert retried.success
         executed = {e.step_key for e in retried.all_events if e.event_type_value == "STEP_SUCCESS"}
         assert executed == {"validate_rating_log"}
+
+
+def test_freshness_check_flags_a_model_older_than_its_data() -> None:
+    from dagster import AssetMaterialization, build_asset_check_context
+
+    from recsys_dagster.checks import model_newer_than_data
+
+    with DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(AssetMaterialization("validated_ratings"))
+        instance.report_runless_asset_event(AssetMaterialization("trained_model"))
+        assert model_newer_than_data(build_asset_check_context(instance=instance)).passed
+        instance.report_runless_asset_event(AssetMaterialization("validated_ratings"))
+        stale = model_newer_than_data(build_asset_check_context(instance=instance))
+        assert not stale.passed and stale.metadata["model_age_behind_data_seconds"].value > 0
+
+
+def test_new_onnx_model_triggers_an_ab_report() -> None:
+    from dagster import AssetMaterialization
+
+    from recsys_dagster.sensors import ab_report_on_new_model
+
+    with DagsterInstance.ephemeral() as instance:
+        assert not ab_report_on_new_model.evaluate_tick(build_sensor_context(instance=instance)).run_requests
+        instance.report_runless_asset_event(AssetMaterialization("onnx_model"))
+        tick = ab_report_on_new_model.evaluate_tick(build_sensor_context(instance=instance))
+        assert len(tick.run_requests) == 1 and ab_report_on_new_model.job_name == "ab_evaluation"

@@ -1,7 +1,6 @@
 """Validation: Great Expectations suites split raw rows into validated and rejected; blocking checks stop bad data."""
 
 from collections.abc import Iterator
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -122,17 +121,17 @@ def validate_rating_log(
     context: AssetExecutionContext,
     config: ValidationConfig,
     raw_ratings: pd.DataFrame,
-    landed_ratings: Optional[dict[str, pd.DataFrame]],
+    landed_ratings: dict[str, pd.DataFrame],
     validated_items: pd.DataFrame,
 ) -> Iterator:
     """Validates the source's ratings plus every landed drop (a drop whose file could not be read is skipped)."""
-    combined = combine_rating_sources({"source": raw_ratings, **(landed_ratings or {})})
+    combined = combine_rating_sources({"source": raw_ratings, **landed_ratings})
     rules = RatingRules(allowed_ratings=tuple(config.allowed_ratings))
     known = np.asarray(validated_items["item_id"], dtype=np.int64)
     outcome = validate_ratings(combined, known, rules, docs_dir=_docs_dir(config, "ratings"))
     context.log.info("ratings: %d valid, %d rejected", len(outcome.valid), len(outcome.rejected))
     metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome, len(combined))}
-    metadata["drops"] = MetadataValue.int(len(landed_ratings or {}))
+    metadata["drops"] = MetadataValue.int(len(landed_ratings))
     yield Output(outcome.valid, output_name="validated_ratings", metadata=metadata)
     yield _rejected_output(outcome, "rejected_ratings")
     yield from _checks("validated_ratings", outcome, config)

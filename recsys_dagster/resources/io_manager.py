@@ -20,10 +20,20 @@ class ParquetJsonIOManager(UPathIOManager):
     """Stores each asset (and each partition) under `base_path/<asset key>[/<partition>]`.
 
     The suffix follows the value: a pandas DataFrame becomes `.parquet`, anything JSON-serialisable `.json`.
-    Partitioned assets loaded whole arrive as {partition_key: value}, Dagster's UPathIOManager contract.
+    A partitioned asset read whole by an unpartitioned one always arrives as {partition_key: value} (no partitions:
+    empty), where UPathIOManager alone would hand over a bare value when exactly one partition exists.
     """
 
     extension = ""
+
+    def load_input(self, context: InputContext) -> Any:
+        value = super().load_input(context)
+        if not (context.has_asset_key and context.has_asset_partitions) or context.has_partition_key:
+            return value
+        keys = context.asset_partition_keys
+        if len(keys) == 1:
+            return {keys[0]: value} if value is not None else {}
+        return value if value is not None else {}
 
     def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
         if isinstance(obj, pd.DataFrame):
