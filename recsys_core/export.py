@@ -60,8 +60,7 @@ class UserEncoder(nn.Module):
     def forward(
         self, user_idx: torch.Tensor, hist_items: torch.Tensor, hist_ratings: torch.Tensor, hist_mask: torch.Tensor
     ) -> torch.Tensor:
-        user, _ = self.model._user_parts(user_idx, hist_items, hist_ratings, hist_mask, self.item_vecs)
-        return torch.cat([user, torch.ones_like(user[:, :1])], dim=1)
+        return self.model.user_vectors(user_idx, hist_items, hist_ratings, hist_mask, item_vecs=self.item_vecs)
 
 
 def export_user_encoder(model: HybridRecommender, path: Path, opset: int = OPSET) -> Path:

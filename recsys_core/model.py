@@ -229,10 +229,19 @@ class HybridRecommender(nn.Module):
         return embedding + pooled, user_bias + hist_bias
 
     def user_vectors(
-        self, user_idx: torch.Tensor, hist_items: torch.Tensor, hist_ratings: torch.Tensor, hist_mask: torch.Tensor
+        self,
+        user_idx: torch.Tensor,
+        hist_items: torch.Tensor,
+        hist_ratings: torch.Tensor,
+        hist_mask: torch.Tensor,
+        item_vecs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B, dim + 1]: the user vector with a trailing 1 that multiplies the folded-in item bias."""
-        item_vecs, _, _ = self.items()
+        """[B, dim + 1]: the user vector with a trailing 1 that multiplies the folded-in item bias.
+
+        `item_vecs` (the item tower's output) can be passed in precomputed, as the ONNX export does.
+        """
+        if item_vecs is None:
+            item_vecs, _, _ = self.items()
         user, _ = self._user_parts(user_idx, hist_items, hist_ratings, hist_mask, item_vecs)
         return torch.cat([user, torch.ones_like(user[:, :1])], dim=1)
 
