@@ -5,6 +5,7 @@ import json
 from dagster import (
     AddDynamicPartitionsRequest,
     AssetKey,
+    DagsterEventType,
     DefaultSensorStatus,
     EventLogEntry,
     RunRequest,
@@ -19,6 +20,8 @@ from recsys_core.landing import list_landed_files
 from recsys_dagster.assets.ingestion import rating_drops
 from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_ratings
 from recsys_dagster.resources.data_source import DataSourceResource
+
+AB_REPORT = AssetKey("ab_report")
 
 
 @sensor(job=ingest_landed_ratings, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
@@ -51,8 +54,8 @@ def retrain_on_new_data(context: SensorEvaluationContext, asset_event: EventLogE
 @asset_sensor(asset_key=AssetKey("onnx_model"), job=ab_evaluation, default_status=DefaultSensorStatus.RUNNING)
 def ab_report_on_new_model(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest | SkipReason:
     """Every new challenger gets an A/B report, unless the run that exported it already produces one."""
-    run = context.instance.get_run_by_id(asset_event.run_id)
-    if run is not None and run.asset_selection and AssetKey("ab_report") in run.asset_selection:
+    planned = context.instance.get_records_for_run(asset_event.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+    if any(r.event_log_entry.dagster_event.asset_key == AB_REPORT for r in planned.records if r.event_log_entry.dagster_event):
         return SkipReason(f"run {asset_event.run_id} exporting the model also produces its A/B report")
     return RunRequest(run_key=f"ab:{asset_event.run_id}", tags={"recsys/trigger": f"onnx_model:{asset_event.run_id}"})
 

@@ -169,8 +169,8 @@ def test_freshness_check_flags_a_model_older_than_its_data() -> None:
         assert not stale.passed and stale.metadata["model_age_behind_data_seconds"].value > 0
 
 
-def test_new_onnx_model_triggers_an_ab_report() -> None:
-    from dagster import AssetMaterialization
+def test_new_onnx_model_triggers_an_ab_report(tmp_path: Path) -> None:
+    from dagster import AssetMaterialization, asset
 
     from recsys_dagster.sensors import ab_report_on_new_model
 
@@ -179,3 +179,15 @@ def test_new_onnx_model_triggers_an_ab_report() -> None:
         instance.report_runless_asset_event(AssetMaterialization("onnx_model"))
         tick = ab_report_on_new_model.evaluate_tick(build_sensor_context(instance=instance))
         assert len(tick.run_requests) == 1 and ab_report_on_new_model.job_name == "ab_evaluation"
+
+        @asset(name="onnx_model")
+        def exported() -> int:
+            return 1
+
+        @asset(deps=[exported])
+        def ab_report() -> int:
+            return 1
+
+        materialize([exported, ab_report], instance=instance, resources={"io_manager": RecsysIOManager(base_dir=str(tmp_path))})
+        same_run = ab_report_on_new_model.evaluate_tick(build_sensor_context(instance=instance, cursor=tick.cursor))
+        assert not same_run.run_requests and "also produces its A/B report" in same_run.skip_message
