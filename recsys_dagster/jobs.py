@@ -2,7 +2,7 @@
 
 import os
 
-from dagster import AssetSelection, ScheduleDefinition, define_asset_job
+from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
 from recsys_dagster.checks import model_newer_than_data
 
@@ -43,6 +43,7 @@ nightly_retrain = ScheduleDefinition(
     job=full_pipeline,
     cron_schedule=os.environ.get("RECSYS_RETRAIN_CRON", "0 3 * * *"),
     execution_timezone=os.environ.get("RECSYS_TIMEZONE", "UTC"),
+    default_status=DefaultScheduleStatus.RUNNING,
     description="Re-ingest, validate and retrain every night; the A/B report decides whether the new model is promoted.",
 )
 
