@@ -177,7 +177,7 @@ def _split(
             schema_ok &= bool(result.success)
             continue
         index = pd.Index(index)
-        if config.type in keep_first_of:
+        if config.type in keep_first_of and len(index):  # the first of each duplicate group stays valid
             repeats = raw.duplicated(subset=keep_first_of[config.type], keep="first")
             index = index[repeats.reindex(index).to_numpy(dtype=bool)]
         if len(index) and kwargs.get("column") == PARSE_ERROR:
