@@ -13,10 +13,8 @@ impressions (k per user), with a bootstrap CI over users.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
-import io
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from scipy import stats
 
+from recsys_core.figures import png_base64
 from recsys_core.metrics import per_user_ranking_metrics, top_k_positions
 from recsys_core.schema import ITEM_ID, USER_ID
 from recsys_core.tracking import MlflowSettings
@@ -446,12 +445,6 @@ def render_markdown(report: ABReport) -> str:
     return "\n".join(lines)
 
 
-def _png_base64(figure: Any) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def report_figures(report: ABReport) -> dict[str, str]:
     """Base64 PNGs: metric means per arm, the primary metric's per-user differences, replay CTR per arm."""
     import matplotlib
@@ -470,7 +463,7 @@ def report_figures(report: ABReport) -> dict[str, str]:
         ax.set_ylabel("mean over users")
         ax.legend()
         ax.set_title("Offline metrics per arm")
-        figures["Offline metrics per arm"] = _png_base64(fig)
+        figures["Offline metrics per arm"] = png_base64(fig, dpi=110)
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(7.5, 3.2))
@@ -483,7 +476,7 @@ def report_figures(report: ABReport) -> dict[str, str]:
         ax.set_xticks(x, [c.metric for c in comps])
         ax.set_ylabel("challenger - champion")
         ax.set_title("Paired lift with 95% bootstrap CI")
-        figures["Paired lift with bootstrap CI"] = _png_base64(fig)
+        figures["Paired lift with bootstrap CI"] = png_base64(fig, dpi=110)
         plt.close(fig)
     if report.primary_diffs is not None and len(report.primary_diffs):
         fig, ax = plt.subplots(figsize=(7.5, 3.2))
@@ -491,7 +484,7 @@ def report_figures(report: ABReport) -> dict[str, str]:
         ax.axvline(0, color="#444", linewidth=0.8)
         ax.set_xlabel(f"per-user {report.rule.primary_metric} difference")
         ax.set_ylabel("users")
-        figures["Per-user differences"] = _png_base64(fig)
+        figures["Per-user differences"] = png_base64(fig, dpi=110)
         plt.close(fig)
     if report.replay:
         arms = [report.replay.champion, report.replay.challenger]
@@ -500,7 +493,7 @@ def report_figures(report: ABReport) -> dict[str, str]:
                yerr=[[a.ctr - a.ci_low for a in arms], [a.ci_high - a.ctr for a in arms]], capsize=6)
         ax.set_ylabel(f"CTR@{report.replay.k}")
         ax.set_title("Replay simulation")
-        figures["Replay CTR per arm"] = _png_base64(fig)
+        figures["Replay CTR per arm"] = png_base64(fig, dpi=110)
         plt.close(fig)
     return figures
 

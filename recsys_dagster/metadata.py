@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import pandas as pd
 from dagster import MetadataValue
+
+from recsys_core.figures import png_base64
 
 
 def table(frame: pd.DataFrame, max_rows: int = 20) -> MetadataValue:
@@ -17,7 +16,4 @@ def table(frame: pd.DataFrame, max_rows: int = 20) -> MetadataValue:
 
 def figure(fig, alt: str) -> MetadataValue:
     """A matplotlib figure as an inline PNG in Markdown, so the UI shows the plot itself."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})")
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{png_base64(fig)})")
