@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,3 +57,13 @@ class IdIndex:
 
     def contains(self, ids: pd.Series | np.ndarray) -> np.ndarray:
         return self.encode(ids, missing=-1) >= 0
+
+
+def ratings_fingerprint(*frames: pd.DataFrame) -> str:
+    """sha256 over the canonical rating columns of each frame, in order: identical data gives the identical hash."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        hashed = pd.util.hash_pandas_object(frame[list(RATING_COLUMNS)], index=False).to_numpy()
+        digest.update(len(frame).to_bytes(8, "little"))
+        digest.update(hashed.tobytes())
+    return digest.hexdigest()[:16]

@@ -1,9 +1,6 @@
 """Training: the hybrid recommender, tracked in MLflow (one run per materialisation), saved as a model directory."""
 
-import hashlib
 import json
-import tempfile
-from pathlib import Path
 
 import mlflow as mlflow_api
 import pandas as pd
@@ -11,7 +8,7 @@ from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
 from recsys_core.paths import recsys_home
-from recsys_core.schema import RATING_COLUMNS
+from recsys_core.schema import ratings_fingerprint
 from recsys_core.text_features import load_item_text_features
 from recsys_core.training import TrainConfig, TrainResult, train_hybrid
 from recsys_dagster.metadata import figure, table
@@ -34,16 +31,6 @@ class TrainingConfig(Config):
     ranking_weight: float = Field(TrainConfig.ranking_weight, description="Weight of the softmax ranking loss.")
     n_negatives: int = Field(TrainConfig.n_negatives, description="0: full softmax; >0: sampled softmax with popularity-corrected negatives.")
     patience: int = Field(TrainConfig.patience, description="Epochs without a better validation nDCG before stopping.")
-
-
-def ratings_fingerprint(*frames: pd.DataFrame) -> str:
-    """sha256 over the canonical rating columns of each frame, in order: identical data gives the identical hash."""
-    digest = hashlib.sha256()
-    for frame in frames:
-        hashed = pd.util.hash_pandas_object(frame[list(RATING_COLUMNS)], index=False).to_numpy()
-        digest.update(len(frame).to_bytes(8, "little"))
-        digest.update(hashed.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _loss_figure(result: TrainResult):
