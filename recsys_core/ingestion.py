@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import codecs
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
-from recsys_core.schema import GENRE_SEPARATOR, ITEM_ID, RATING, RATING_COLUMNS, TIMESTAMP, USER_ID
+from recsys_core.schema import GENRE_SEPARATOR, ITEM_ID, RATING, RATING_COLUMNS, RATING_DTYPES, TIMESTAMP, USER_ID
 
 SOURCE_LINE = "source_line"
 PARSE_ERROR = "parse_error"
 
+# Rows per chunk when ratings are streamed: GE's per-run overhead stays small, a chunk's copies stay a few MB.
+CHUNK_ROWS = 131_072
 RAW_RATING_DTYPES = {USER_ID: "Int64", ITEM_ID: "Int64", RATING: "Float32", TIMESTAMP: "Int64"}
 
 
@@ -172,17 +176,57 @@ def read_ratings_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
     return _assemble_raw(frame, invalid, first_data_line=2 if layout.header else 1)
 
 
-def _raw_ratings_from_frame(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+def _raw_ratings_from_frame(path: Path, frame: pd.DataFrame, first_line: int = 1) -> pd.DataFrame:
     """A typed source (Parquet): numeric columns are taken as they are, text columns are parsed like CSV."""
     missing = [c for c in RATING_COLUMNS if c not in frame.columns]
     if missing:
         raise DataFormatError(path, f"missing column(s) {missing}; has {list(frame.columns)}", field=missing[0])
     if all(pd.api.types.is_numeric_dtype(frame[c]) for c in RATING_COLUMNS):
-        raw = frame[list(RATING_COLUMNS)].astype(RAW_RATING_DTYPES)
+        # A column without nulls keeps a plain numpy dtype: nullable copies would cost memory and time for nothing.
+        raw = pd.DataFrame({c: frame[c].astype(RATING_DTYPES[c] if not frame[c].hasnans else RAW_RATING_DTYPES[c])
+                            for c in RATING_COLUMNS}, index=frame.index)  # fmt: skip
         raw[PARSE_ERROR] = pd.Series(pd.NA, index=raw.index, dtype="string")
-        raw[SOURCE_LINE] = np.arange(1, len(raw) + 1, dtype=np.int64)
+        raw[SOURCE_LINE] = np.arange(first_line, first_line + len(raw), dtype=np.int64)
         return raw
-    return _assemble_raw(frame[list(RATING_COLUMNS)].astype("string"), [], first_data_line=1)
+    raw = _assemble_raw(frame[list(RATING_COLUMNS)].astype("string"), [], first_data_line=first_line)
+    raw.index = frame.index
+    return raw
+
+
+@dataclass
+class ParquetRatingChunks:
+    """A ratings Parquet file read batch by batch into raw chunks (indexed by row position), for validating files
+    far larger than memory; `keys()` reads just the key columns."""
+
+    path: Path
+    chunk_rows: int = CHUNK_ROWS
+    rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        schema = pq.read_schema(self.path)
+        missing = [c for c in RATING_COLUMNS if c not in schema.names]
+        if missing:
+            raise DataFormatError(self.path, f"missing column(s) {missing}; has {schema.names}", field=missing[0])
+        self.rows = pq.ParquetFile(self.path).metadata.num_rows
+
+    def _batches(self, columns: list[str]) -> Iterator[pd.DataFrame]:
+        start = 0
+        for batch in pq.ParquetFile(self.path, pre_buffer=False).iter_batches(batch_size=self.chunk_rows, columns=columns, use_threads=False):
+            frame = batch.to_pandas()
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            start += len(frame)
+            del batch
+            yield frame
+            # Arrow's allocator keeps freed row groups for reuse; handing them back keeps memory flat while streaming.
+            pa.default_memory_pool().release_unused()
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        for frame in self._batches(list(RATING_COLUMNS)):
+            yield _raw_ratings_from_frame(self.path, frame, first_line=frame.index.start + 1)
+
+    def keys(self) -> Iterator[pd.DataFrame]:
+        return self._batches([USER_ID, ITEM_ID, TIMESTAMP])
 
 
 def _assemble_raw(text: pd.DataFrame, invalid: list[tuple[int, str]], first_data_line: int) -> pd.DataFrame:

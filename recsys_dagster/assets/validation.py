@@ -23,6 +23,7 @@ from recsys_core.validation import (
     ItemRules,
     RatingRules,
     ValidationOutcome,
+    ValidationReport,
     combine_rating_sources,
     validate_items,
     validate_ratings,
@@ -37,21 +38,21 @@ class ValidationConfig(Config):
     data_docs: bool = Field(True, description="Render Great Expectations Data Docs under $RECSYS_HOME/great_expectations.")
 
 
-def _checks(asset: str, outcome: ValidationOutcome, config: ValidationConfig) -> list[AssetCheckResult]:
-    failed = [e for e in outcome.expectations if not e["success"]]
+def _checks(asset: str, report: ValidationReport, config: ValidationConfig) -> list[AssetCheckResult]:
+    failed = [e for e in report.expectations if not e["success"]]
     return [
         AssetCheckResult(
-            asset_key=asset, check_name="schema_matches", passed=outcome.schema_ok,
+            asset_key=asset, check_name="schema_matches", passed=report.schema_ok,
             severity=AssetCheckSeverity.ERROR,
             metadata={"failed_table_expectations": MetadataValue.json([e for e in failed if e["unexpected"] == 0])},
         ),
         AssetCheckResult(
             asset_key=asset, check_name="rejected_share_below_threshold",
-            passed=outcome.schema_ok and outcome.rejected_share <= config.max_rejected_share,
+            passed=report.schema_ok and report.rejected_share <= config.max_rejected_share,
             severity=AssetCheckSeverity.ERROR,
-            metadata={"rejected_share": MetadataValue.float(outcome.rejected_share),
+            metadata={"rejected_share": MetadataValue.float(report.rejected_share),
                       "threshold": MetadataValue.float(config.max_rejected_share),
-                      "rejected_rows": MetadataValue.int(len(outcome.rejected))},
+                      "rejected_rows": MetadataValue.int(report.rejected_rows)},
         ),
     ]  # fmt: skip
 
@@ -64,17 +65,17 @@ def _check_specs(asset: str) -> list[AssetCheckSpec]:
     ]  # fmt: skip
 
 
-def _validation_metadata(outcome: ValidationOutcome, raw_rows: int) -> dict[str, MetadataValue]:
+def _validation_metadata(report: ValidationReport, raw_rows: int) -> dict[str, MetadataValue]:
     metadata = {
         "raw_rows": MetadataValue.int(raw_rows),
-        "rejected_rows": MetadataValue.int(len(outcome.rejected)),
-        "rejected_share": MetadataValue.float(outcome.rejected_share),
-        "expectations": table(pd.DataFrame(outcome.expectations), 50),
-        "validation_seconds": MetadataValue.float(round(outcome.seconds, 3)),
-        "great_expectations": MetadataValue.json(outcome.ge_result),
+        "rejected_rows": MetadataValue.int(report.rejected_rows),
+        "rejected_share": MetadataValue.float(report.rejected_share),
+        "expectations": table(pd.DataFrame(report.expectations), 50),
+        "validation_seconds": MetadataValue.float(round(report.seconds, 3)),
+        "great_expectations": MetadataValue.json(report.ge_result),
     }
-    if outcome.docs_path:
-        metadata["data_docs"] = MetadataValue.url(outcome.docs_path)
+    if report.docs_path:
+        metadata["data_docs"] = MetadataValue.url(report.docs_path)
     return metadata
 
 
@@ -82,7 +83,7 @@ def _rejected_output(outcome: ValidationOutcome, output_name: str) -> Output[pd.
     return Output(
         outcome.rejected,
         output_name=output_name,
-        metadata={"rows": MetadataValue.int(len(outcome.rejected)), "reasons": table(outcome.reason_counts()),
+        metadata={"rows": MetadataValue.int(len(outcome.rejected)), "reasons": table(outcome.report.reason_counts()),
                   "preview": table(outcome.rejected, 10)},
     )  # fmt: skip
 
@@ -101,12 +102,12 @@ def _docs_dir(config: ValidationConfig, name: str):
 def validate_item_catalogue(context: AssetExecutionContext, config: ValidationConfig, raw_items: pd.DataFrame) -> Iterator:
     outcome = validate_items(raw_items, ItemRules(), docs_dir=_docs_dir(config, "items"))
     context.log.info("items: %d valid, %d rejected", len(outcome.valid), len(outcome.rejected))
-    metadata = _validation_metadata(outcome, len(raw_items))
+    metadata = _validation_metadata(outcome.report, len(raw_items))
     metadata["rows"] = MetadataValue.int(len(outcome.valid))
     metadata["preview"] = table(outcome.valid, 10)
     yield Output(outcome.valid, output_name="validated_items", metadata=metadata)
     yield _rejected_output(outcome, "rejected_items")
-    yield from _checks("validated_items", outcome, config)
+    yield from _checks("validated_items", outcome.report, config)
 
 
 @multi_asset(
@@ -130,8 +131,8 @@ def validate_rating_log(
     known = np.asarray(validated_items["item_id"], dtype=np.int64)
     outcome = validate_ratings(combined, known, rules, docs_dir=_docs_dir(config, "ratings"))
     context.log.info("ratings: %d valid, %d rejected", len(outcome.valid), len(outcome.rejected))
-    metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome, len(combined))}
+    metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome.report, len(combined))}
     metadata["drops"] = MetadataValue.int(len(landed_ratings))
     yield Output(outcome.valid, output_name="validated_ratings", metadata=metadata)
     yield _rejected_output(outcome, "rejected_ratings")
-    yield from _checks("validated_ratings", outcome, config)
+    yield from _checks("validated_ratings", outcome.report, config)
