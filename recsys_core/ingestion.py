@@ -222,6 +222,8 @@ class ParquetRatingChunks:
             pa.default_memory_pool().release_unused()
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
+        if not self.rows:  # one empty chunk, so an empty file is still checked and still gives typed outputs
+            yield _raw_ratings_from_frame(self.path, pq.read_schema(self.path).empty_table().to_pandas())
         for frame in self._batches(list(RATING_COLUMNS)):
             yield _raw_ratings_from_frame(self.path, frame, first_line=frame.index.start + 1)
 

@@ -5,7 +5,7 @@ rejected frame with every reason it failed (plus the reader's parse error), so `
 always holds. Table-level expectations (the schema) cannot be pinned on rows: they make `schema_ok` false
 and the pipeline's blocking check stops the graph.
 
-Ratings are validated in chunks through one checkpoint, so memory stays flat however long the log is: the
+Ratings are validated in chunks through one validation definition, so memory stays flat however long the log is: the
 file-to-file path (`write_validated_ratings`) never holds more than a chunk. Checks that span rows
 (duplicates, catalogue membership) are turned into per-row derived columns first, so every chunk is checked
 against the whole input.
@@ -173,7 +173,7 @@ def item_suite(rules: ItemRules) -> list[Any]:
     ]
 
 
-class _Checkpoint:
+class _ChunkValidator:
     """One GE suite and validation definition, built once and run on every chunk: building them costs more than
     checking 100k rows. (A Checkpoint would re-check its own freshness per run, for no action we need.)"""
 
@@ -332,10 +332,10 @@ def _run(
     canonical: dict[str, str], keep: Callable[[pd.DataFrame, pd.DataFrame], None], docs_dir: Path | None, started: float,
 ) -> ValidationReport:  # fmt: skip
     """Derives, checks and splits every chunk, handing each chunk's valid and rejected rows to `keep`."""
-    checkpoint = _Checkpoint(name, expectations())
+    validator = _ChunkValidator(name, expectations())
     totals = _Totals()
     for chunk in chunks:
-        validation = checkpoint.run(derive(chunk))
+        validation = validator.run(derive(chunk))
         valid, rejected, schema_ok = _split_chunk(chunk, validation, canonical)
         totals.schema_ok &= schema_ok
         totals.valid_rows += len(valid)

@@ -9,6 +9,7 @@ import pytest
 
 import recsys_core.validation as validation
 from recsys_core.ingestion import PARSE_ERROR, SOURCE_LINE, DataFormatError, ParquetRatingChunks
+from recsys_core.schema import RATING_DTYPES
 from recsys_core.sources import raw_from_canonical
 from recsys_core.validation import REASON, validate_items, validate_ratings, write_validated_ratings
 from recsys_dagster.cli import main
@@ -95,6 +96,14 @@ def test_clean_file_still_writes_a_typed_empty_rejected_file(tmp_path: Path) -> 
     assert report.rejected_rows == 0
     rejected = pd.read_parquet(tmp_path / "r.parquet")
     assert rejected.empty and {REASON, PARSE_ERROR, SOURCE_LINE} <= set(rejected.columns)
+
+
+def test_empty_file_gives_empty_typed_outputs(tmp_path: Path) -> None:
+    source = tmp_path / "ratings.parquet"
+    pd.DataFrame({c: pd.Series(dtype=d) for c, d in RATING_DTYPES.items()}).to_parquet(source)
+    report = write_validated_ratings(ParquetRatingChunks(source), np.array([10]), tmp_path / "v.parquet", tmp_path / "r.parquet", now=NOW)
+    assert (report.valid_rows, report.rejected_rows, report.schema_ok) == (0, 0, True)
+    assert pd.read_parquet(tmp_path / "v.parquet").dtypes.astype(str).to_dict() == RATING_DTYPES
 
 
 def test_parquet_without_a_key_column_names_file_and_field(tmp_path: Path) -> None:
