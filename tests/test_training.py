@@ -61,6 +61,22 @@ def test_training_lowers_the_loss_and_sampled_softmax_runs(data) -> None:
     assert np.isfinite(sampled.history[-1]["train_ranking_loss"])
 
 
+def test_training_loads_implicit_als_and_biased_mf_as_the_priors(data) -> None:
+    ratings, items = data
+    result = train_hybrid(ratings, None, items, None, TrainConfig(epochs=1, prior_dim=4, prior_weight=3.0, **TINY))
+    als = ImplicitALS(dim=4, seed=TrainConfig().seed).fit(ratings, items)
+    model = result.bundle.model
+    assert model.config.prior_dim == 4 and model.config.prior_weight == 3.0
+    np.testing.assert_allclose(model.items.prior.numpy(), als.factors.items, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.user_prior[:-1].numpy(), als.factors.users, rtol=1e-5, atol=1e-6)
+    mf = BiasedMF(dim=3, seed=TrainConfig().seed).fit(ratings, items)
+    with_mf = train_hybrid(ratings, None, items, None, TrainConfig(epochs=1, rating_prior_dim=3, **TINY))
+    np.testing.assert_allclose(with_mf.bundle.model.items.rating_prior_bias.numpy(), mf.factors.item_bias, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(with_mf.bundle.model.user_rating_prior[:-1].numpy(), mf.factors.users, rtol=1e-5, atol=1e-6)
+    off = train_hybrid(ratings, None, items, None, TrainConfig(epochs=1, prior_dim=0, rating_prior_dim=0, **TINY))
+    assert off.bundle.config.output_dim == 8 + 1 and off.bundle.config.rating_prior_weight == 0.0
+
+
 def test_bad_training_input_is_named(data) -> None:
     ratings, items = data
     with pytest.raises(ValueError, match="canonical columns"):
