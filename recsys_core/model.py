@@ -230,7 +230,7 @@ class HybridRecommender(nn.Module):
         """Loads fixed collaborative factors ([n_users, prior_dim], [n_items, prior_dim], e.g. implicit ALS).
 
         Their dot product times `config.prior_weight` is added to the ranking score: an ensemble of the towers
-        with e.g. ALS, still one dot product. Items never rated in training have zero factors, so text alone.
+        with e.g. ALS, still one dot product. Training gives items never rated factors mapped from their text.
         """
         n_users, n_items, p = self.config.n_users, self.config.n_items, self.config.prior_dim
         if user_factors.shape != (n_users, p) or item_factors.shape != (n_items, p):
