@@ -11,6 +11,10 @@ Why this shape:
 - Ranking score = `user_vectors(...) @ item_vectors().T` exactly (the item bias is folded in as an extra column),
   so serving scans one matrix. Rating = global mean + user bias + item rating bias + (R user) . item, with R a
   learned square matrix (identity at start) so rating and ranking share the vectors but not one geometry.
+- Optional priors, fixed models the towers are ensembled with (training fits them first and trains the towers
+  without them): collaborative factors (implicit ALS) whose weighted dot product joins the ranking score as extra
+  columns of both vectors, and an explicit-rating MF blended into the predicted rating. Trained jointly instead,
+  the towers fitted the residual and ranked worse (nDCG@10 0.47 vs 0.50 on a seed-7 split).
 
 Everything in `user_vectors` / `item_vectors` is plain tensor ops on buffers and inputs (no data-dependent Python
 control flow), so both export to ONNX.
@@ -56,6 +60,10 @@ class HybridConfig:
     dropout: float = 0.1
     item_dropout: float = 0.1
     user_dropout: float = 0.0
+    prior_dim: int = 0
+    prior_weight: float = 0.0
+    rating_prior_dim: int = 0
+    rating_prior_weight: float = 0.0
     global_mean: float = 3.5
     rating_min: float = 1.0
     rating_max: float = 5.0
@@ -65,13 +73,16 @@ class HybridConfig:
             raise ValueError(f"HybridConfig needs n_users >= 1 and n_items >= 1, got {self.n_users}, {self.n_items}")
         if self.dim % self.n_heads:
             raise ValueError(f"HybridConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if self.text_dim < 0 or self.history_len < 1:
-            raise ValueError(f"HybridConfig: text_dim must be >= 0 and history_len >= 1, got {self.text_dim}, {self.history_len}")
+        if min(self.text_dim, self.prior_dim, self.rating_prior_dim) < 0 or self.history_len < 1:
+            raise ValueError(
+                f"HybridConfig: text_dim, prior_dim, rating_prior_dim must be >= 0 and history_len >= 1, got "
+                f"{self.text_dim}, {self.prior_dim}, {self.rating_prior_dim}, {self.history_len}"
+            )
 
     @property
     def output_dim(self) -> int:
-        """Width of `user_vectors` / `item_vectors`: the embedding plus the folded-in item bias column."""
-        return self.dim + 1
+        """Width of `user_vectors` / `item_vectors`: the embedding, the prior factors, the folded-in item bias column."""
+        return self.dim + self.prior_dim + 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +109,9 @@ class ItemTower(nn.Module):
         self.item_dropout = config.item_dropout
         self.register_buffer("text", torch.zeros(n, t))
         self.register_buffer("log_count", torch.zeros(n))
+        self.register_buffer("prior", torch.zeros(n, config.prior_dim))
+        self.register_buffer("rating_prior", torch.zeros(n, config.rating_prior_dim))
+        self.register_buffer("rating_prior_bias", torch.zeros(n))
         nn.init.normal_(self.id_embedding.weight, std=0.05)
         nn.init.zeros_(self.id_bias.weight)
         nn.init.zeros_(self.id_rating_bias.weight)
@@ -194,6 +208,9 @@ class HybridRecommender(nn.Module):
         self.user_bias = nn.Embedding(config.n_users + 1, 1, padding_idx=config.n_users)
         self.history = HistoryAttention(config)
         self.rating_projection = nn.Linear(config.dim, config.dim, bias=False)
+        self.register_buffer("user_prior", torch.zeros(config.n_users + 1, config.prior_dim))
+        self.register_buffer("user_rating_prior", torch.zeros(config.n_users + 1, config.rating_prior_dim))
+        self.register_buffer("user_rating_prior_bias", torch.zeros(config.n_users + 1))
         nn.init.normal_(self.user_embedding.weight, std=0.05)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.eye_(self.rating_projection.weight)
@@ -209,6 +226,39 @@ class HybridRecommender(nn.Module):
             raise ValueError(f"item counts must have shape {(n,)}, got {counts.shape}")
         self.items.log_count.copy_(torch.log1p(torch.as_tensor(counts, dtype=torch.float32)))
 
+    def set_prior(self, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
+        """Loads fixed collaborative factors ([n_users, prior_dim], [n_items, prior_dim], e.g. implicit ALS).
+
+        Their dot product times `config.prior_weight` is added to the ranking score: an ensemble of the towers
+        with e.g. ALS, still one dot product. Training gives items never rated factors mapped from their text.
+        """
+        n_users, n_items, p = self.config.n_users, self.config.n_items, self.config.prior_dim
+        if user_factors.shape != (n_users, p) or item_factors.shape != (n_items, p):
+            raise ValueError(
+                f"prior factors must have shapes {(n_users, p)} and {(n_items, p)}, "
+                f"got {user_factors.shape}, {item_factors.shape}"
+            )
+        self.user_prior[:n_users].copy_(torch.as_tensor(user_factors, dtype=torch.float32))
+        self.items.prior.copy_(torch.as_tensor(item_factors, dtype=torch.float32))
+
+    def set_rating_prior(
+        self, user_factors: np.ndarray, user_bias: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray
+    ) -> None:
+        """Loads a fixed explicit-rating MF (e.g. `BiasedMF`): global mean + b_u + b_i + p_u . q_i.
+
+        The predicted rating is (1 - w) * the towers' rating + w * this, w = `config.rating_prior_weight`; the
+        rating head is trained alone. The blend cut RMSE by ~0.015 on a seed-7 split, more than either model's tuning.
+        """
+        n_users, n_items, p = self.config.n_users, self.config.n_items, self.config.rating_prior_dim
+        shapes = (user_factors.shape, user_bias.shape, item_factors.shape, item_bias.shape)
+        expected = ((n_users, p), (n_users,), (n_items, p), (n_items,))
+        if shapes != expected:
+            raise ValueError(f"rating prior must have shapes {expected}, got {shapes}")
+        self.user_rating_prior[:n_users].copy_(torch.as_tensor(user_factors, dtype=torch.float32))
+        self.user_rating_prior_bias[:n_users].copy_(torch.as_tensor(user_bias, dtype=torch.float32))
+        self.items.rating_prior.copy_(torch.as_tensor(item_factors, dtype=torch.float32))
+        self.items.rating_prior_bias.copy_(torch.as_tensor(item_bias, dtype=torch.float32))
+
     def _user_parts(
         self,
         user_idx: torch.Tensor,
@@ -216,17 +266,18 @@ class HybridRecommender(nn.Module):
         hist_ratings: torch.Tensor,
         hist_mask: torch.Tensor,
         item_vecs: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (user vector [B, dim], user rating bias [B])."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (user vector [B, dim], user rating bias [B], weighted prior factors [B, prior_dim])."""
         embedding = self.user_embedding(user_idx)
         user_bias = self.user_bias(user_idx).squeeze(1)
+        prior = self.config.prior_weight * self.user_prior[user_idx]
         if self.training and self.config.user_dropout > 0:
             # train the history path to stand alone, as it must for new users
             keep = (torch.rand_like(user_bias) >= self.config.user_dropout).to(user_bias.dtype)
-            embedding, user_bias = embedding * keep.unsqueeze(1), user_bias * keep
+            embedding, user_bias, prior = embedding * keep.unsqueeze(1), user_bias * keep, prior * keep.unsqueeze(1)
         centred = (hist_ratings - self.config.global_mean) * hist_mask.to(hist_ratings.dtype)
         pooled, hist_bias = self.history(embedding, item_vecs, hist_items, centred, hist_mask)
-        return embedding + pooled, user_bias + hist_bias
+        return embedding + pooled, user_bias + hist_bias, prior
 
     def user_vectors(
         self,
@@ -236,19 +287,19 @@ class HybridRecommender(nn.Module):
         hist_mask: torch.Tensor,
         item_vecs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B, dim + 1]: the user vector with a trailing 1 that multiplies the folded-in item bias.
+        """[B, dim + prior_dim + 1]: the user vector, its weighted prior factors, a 1 for the folded-in item bias.
 
         `item_vecs` (the item tower's output) can be passed in precomputed, as the ONNX export does.
         """
         if item_vecs is None:
             item_vecs, _, _ = self.items()
-        user, _ = self._user_parts(user_idx, hist_items, hist_ratings, hist_mask, item_vecs)
-        return torch.cat([user, torch.ones_like(user[:, :1])], dim=1)
+        user, _, prior = self._user_parts(user_idx, hist_items, hist_ratings, hist_mask, item_vecs)
+        return torch.cat([user, prior, torch.ones_like(user[:, :1])], dim=1)
 
     def item_vectors(self) -> torch.Tensor:
-        """[n_items, dim + 1]: item vectors with the ranking bias as last column."""
+        """[n_items, dim + prior_dim + 1]: item vectors, prior factors, the ranking bias as last column."""
         item_vecs, bias, _ = self.items()
-        return torch.cat([item_vecs, bias.unsqueeze(1)], dim=1)
+        return torch.cat([item_vecs, self.items.prior, bias.unsqueeze(1)], dim=1)
 
     def forward(
         self,
@@ -257,22 +308,40 @@ class HybridRecommender(nn.Module):
         hist_ratings: torch.Tensor,
         hist_mask: torch.Tensor,
         item_idx: torch.Tensor | None = None,
+        with_prior: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (ranking scores, predicted ratings), each [B, K] for `item_idx` [B, K] or [B, n_items] when None."""
+        """-> (ranking scores, predicted ratings), each [B, K] for `item_idx` [B, K] or [B, n_items] when None.
+
+        `with_prior=False` leaves out both priors (training fits the towers alone; see `set_prior`, `set_rating_prior`).
+        """
         item_vecs, bias, rating_bias = self.items()
-        user, user_rating_bias = self._user_parts(user_idx, hist_items, hist_ratings, hist_mask, item_vecs)
+        item_prior = self.items.prior
+        user, user_rating_bias, user_prior = self._user_parts(user_idx, hist_items, hist_ratings, hist_mask, item_vecs)
+        if not with_prior:
+            user_prior = torch.zeros_like(user_prior)
         rating_user = self.rating_projection(user)
         if item_idx is None:
-            dots, rating_dots = user @ item_vecs.T, rating_user @ item_vecs.T
+            dots, rating_dots = user @ item_vecs.T + user_prior @ item_prior.T, rating_user @ item_vecs.T
             bias_k, rating_bias_k = bias.unsqueeze(0), rating_bias.unsqueeze(0)
         else:
             chosen = item_vecs[item_idx]
-            dots = (user.unsqueeze(1) * chosen).sum(-1)
+            dots = (user.unsqueeze(1) * chosen).sum(-1) + (user_prior.unsqueeze(1) * item_prior[item_idx]).sum(-1)
             rating_dots = (rating_user.unsqueeze(1) * chosen).sum(-1)
             bias_k, rating_bias_k = bias[item_idx], rating_bias[item_idx]
         scores = dots + bias_k
         ratings = self.config.global_mean + user_rating_bias.unsqueeze(1) + rating_bias_k + rating_dots
+        weight = self.config.rating_prior_weight
+        if with_prior and weight:
+            ratings = (1.0 - weight) * ratings + weight * self._prior_ratings(user_idx, item_idx)
         return scores, ratings
+
+    def _prior_ratings(self, user_idx: torch.Tensor, item_idx: torch.Tensor | None) -> torch.Tensor:
+        """The rating prior's prediction, [B, K] for `item_idx` [B, K] or [B, n_items] when None."""
+        users, user_bias = self.user_rating_prior[user_idx], self.user_rating_prior_bias[user_idx].unsqueeze(1)
+        items, item_bias = self.items.rating_prior, self.items.rating_prior_bias
+        if item_idx is None:
+            return self.config.global_mean + user_bias + item_bias.unsqueeze(0) + users @ items.T
+        return self.config.global_mean + user_bias + item_bias[item_idx] + (users.unsqueeze(1) * items[item_idx]).sum(-1)
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

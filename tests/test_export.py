@@ -24,7 +24,9 @@ from recsys_core.serving import providers
 from recsys_core.serving.graphs import build_int8_topk_graph, build_topk_graph
 from recsys_core.serving.reload import ModelHolder, RegistrySource, Reloader, load_scorer_from_registry, load_validated
 from recsys_core.serving.scorer import History, ModelLoadError, OnnxScorer
+from recsys_core.text_features import ItemTextFeatures
 from recsys_core.tracking import MlflowSettings
+from recsys_core.training import TrainConfig, train_hybrid
 from recsys_dagster.assets.export import onnx_model, onnx_parity
 from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
@@ -123,6 +125,21 @@ def test_parity_dynamic_batch_and_scorer(exported: tuple[Path, Path, Path]) -> N
     assert scorer.title(10) == "Movie 0"
     with pytest.raises(KeyError):
         scorer.recommend_from_history([11], k=3)
+
+
+def test_parity_of_a_trained_model_with_als_prior_and_text(tmp_path: Path) -> None:
+    ratings = random_ratings(N_USERS, N_ITEMS, per_user=12, seed=3)
+    items = pd.DataFrame({"item_id": np.arange(1, N_ITEMS + 1), "title": [f"Movie {i}" for i in range(N_ITEMS)]})
+    vectors = np.random.default_rng(0).normal(size=(N_ITEMS, 6)).astype(np.float32)
+    text = ItemTextFeatures(items["item_id"].to_numpy(), vectors, N_ITEMS, 0, "random", "f" * 16)
+    config = TrainConfig(
+        epochs=1, dim=8, n_heads=2, history_len=8, prior_dim=4, rating_prior_dim=4, show_progress=False, device="cpu"
+    )
+    bundle = train_hybrid(ratings, None, items, text, config).bundle
+    assert bundle.config.output_dim == 8 + 4 + 1 and bundle.model.items.prior.abs().sum() > 0
+    export_onnx(bundle.save(tmp_path / "model"), tmp_path / "fp32", items)
+    report = check_parity(ModelBundle.load(tmp_path / "model"), OnnxScorer.from_dir(tmp_path / "fp32", providers="cpu"))
+    assert report.passed, report.as_dict()
 
 
 def test_int8_is_smaller_and_close(exported: tuple[Path, Path, Path]) -> None:

@@ -53,6 +53,50 @@ def test_ranking_score_is_exactly_user_dot_item() -> None:
     torch.testing.assert_close(picked_ratings, ratings[:, [2, 0]])
 
 
+def test_prior_factors_add_their_weighted_dot_product_and_training_can_leave_them_out() -> None:
+    torch.manual_seed(0)
+    config = HybridConfig(n_users=N_USERS, n_items=N_ITEMS, dim=8, history_len=L, n_heads=2, prior_dim=3, prior_weight=2.0)
+    model = HybridRecommender(config).eval()
+    model.set_item_features(None, np.array([5, 3, 0, 2, 1, 0]))
+    rng = np.random.default_rng(0)
+    user_factors, item_factors = rng.normal(size=(N_USERS, 3)), rng.normal(size=(N_ITEMS, 3))
+    model.set_prior(user_factors, item_factors)
+    with torch.no_grad():
+        users, items = model.user_vectors(*inputs()), model.item_vectors()
+        scores, ratings = model(*inputs())
+        towers, tower_ratings = model(*inputs(), with_prior=False)
+    assert users.shape == (3, config.output_dim) and config.output_dim == 8 + 3 + 1
+    torch.testing.assert_close(users @ items.T, scores, atol=1e-5, rtol=1e-5)
+    prior = np.vstack([user_factors[[0, 3]], np.zeros((1, 3))]) @ item_factors.T  # the unknown user has no prior
+    torch.testing.assert_close(scores - towers, torch.as_tensor(2.0 * prior, dtype=torch.float32), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ratings, tower_ratings)  # ratings do not use the prior
+    with pytest.raises(ValueError, match="prior factors"):
+        model.set_prior(user_factors[:, :2], item_factors)
+
+
+def test_rating_prior_is_blended_into_the_predicted_rating() -> None:
+    torch.manual_seed(0)
+    config = HybridConfig(n_users=N_USERS, n_items=N_ITEMS, dim=8, history_len=L, n_heads=2, rating_prior_dim=2,
+                          rating_prior_weight=0.25, global_mean=3.0)  # fmt: skip
+    model = HybridRecommender(config).eval()
+    model.set_item_features(None, np.array([5, 3, 0, 2, 1, 0]))
+    rng = np.random.default_rng(0)
+    p, bu = rng.normal(size=(N_USERS, 2)), rng.normal(size=N_USERS)
+    q, bi = rng.normal(size=(N_ITEMS, 2)), rng.normal(size=N_ITEMS)
+    model.set_rating_prior(p, bu, q, bi)
+    with torch.no_grad():
+        scores, ratings = model(*inputs())
+        towers, tower_ratings = model(*inputs(), with_prior=False)
+        picked_scores, picked = model(*inputs(), item_idx=torch.tensor([[4, 1]] * 3))
+    mf = 3.0 + np.r_[bu[[0, 3]], 0.0][:, None] + bi[None, :] + np.vstack([p[[0, 3]], np.zeros((1, 2))]) @ q.T
+    expected = 0.75 * tower_ratings.numpy() + 0.25 * mf
+    np.testing.assert_allclose(ratings.numpy(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(picked, ratings[:, [4, 1]])
+    torch.testing.assert_close(scores, towers)  # ranking does not use the rating prior
+    with pytest.raises(ValueError, match="rating prior"):
+        model.set_rating_prior(p, bu[:2], q, bi)
+
+
 def test_items_without_ratings_are_scored_from_text_alone() -> None:
     model = make_model()
     before = model.item_vectors().detach()

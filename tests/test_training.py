@@ -17,7 +17,7 @@ from recsys_core.model import ModelBundle
 from recsys_core.split import stratified_random_split
 from recsys_core.synthetic import generate_synthetic
 from recsys_core.text_features import ItemTextFeatures
-from recsys_core.training import TrainConfig, train_hybrid
+from recsys_core.training import TrainConfig, _factors_from_text, train_hybrid
 from recsys_dagster.assets.split import rating_splits
 from recsys_dagster.assets.training import trained_model
 from recsys_dagster.resources.compute import ComputeResource
@@ -59,6 +59,33 @@ def test_training_lowers_the_loss_and_sampled_softmax_runs(data) -> None:
     assert full.history[-1]["train_loss"] < full.history[0]["train_loss"]
     sampled = train_hybrid(ratings, None, items, text_for(items), TrainConfig(epochs=2, n_negatives=20, **TINY))
     assert np.isfinite(sampled.history[-1]["train_ranking_loss"])
+
+
+def test_training_loads_implicit_als_and_biased_mf_as_the_priors(data) -> None:
+    ratings, items = data
+    result = train_hybrid(ratings, None, items, None, TrainConfig(epochs=1, prior_dim=4, prior_weight=3.0, **TINY))
+    als = ImplicitALS(dim=4, seed=TrainConfig().seed).fit(ratings, items)
+    model = result.bundle.model
+    assert model.config.prior_dim == 4 and model.config.prior_weight == 3.0
+    np.testing.assert_allclose(model.items.prior.numpy(), als.factors.items, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.user_prior[:-1].numpy(), als.factors.users, rtol=1e-5, atol=1e-6)
+    mf = BiasedMF(dim=3, seed=TrainConfig().seed).fit(ratings, items)
+    with_mf = train_hybrid(ratings, None, items, None, TrainConfig(epochs=1, rating_prior_dim=3, **TINY))
+    np.testing.assert_allclose(with_mf.bundle.model.items.rating_prior_bias.numpy(), mf.factors.item_bias, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(with_mf.bundle.model.user_rating_prior[:-1].numpy(), mf.factors.users, rtol=1e-5, atol=1e-6)
+    off = train_hybrid(ratings, None, items, None, TrainConfig(epochs=1, prior_dim=0, rating_prior_dim=0, **TINY))
+    assert off.bundle.config.output_dim == 8 + 1 and off.bundle.config.rating_prior_weight == 0.0
+
+
+def test_unrated_items_get_prior_factors_mapped_from_their_text() -> None:
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(40, 5))
+    factors = text @ rng.normal(size=(5, 3)) + 0.5  # an exactly linear map with an intercept
+    rated = np.arange(40) < 30
+    mapped = _factors_from_text(text, np.where(rated[:, None], factors, 0.0), rated, reg=1e-6)
+    np.testing.assert_array_equal(mapped[rated], factors[rated])
+    np.testing.assert_allclose(mapped[~rated], factors[~rated], atol=1e-4)
+    np.testing.assert_array_equal(_factors_from_text(text, factors, np.ones(40, bool)), factors)
 
 
 def test_bad_training_input_is_named(data) -> None:

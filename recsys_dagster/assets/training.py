@@ -30,6 +30,10 @@ class TrainingConfig(Config):
     rating_weight: float = Field(TrainConfig.rating_weight, description="Weight of the rating MSE loss.")
     ranking_weight: float = Field(TrainConfig.ranking_weight, description="Weight of the softmax ranking loss.")
     n_negatives: int = Field(TrainConfig.n_negatives, description="0: full softmax; >0: sampled softmax with popularity-corrected negatives.")
+    prior_dim: int = Field(TrainConfig.prior_dim, description="Width of the implicit-ALS factors added to the ranking score; 0 turns the prior off.")
+    prior_weight: float = Field(TrainConfig.prior_weight, description="Weight of the ALS score beside the towers' score.")
+    rating_prior_dim: int = Field(TrainConfig.rating_prior_dim, description="Width of the biased MF blended into predicted ratings; 0 turns it off.")
+    rating_prior_weight: float = Field(TrainConfig.rating_prior_weight, description="Share of the MF in the predicted rating.")
     patience: int = Field(TrainConfig.patience, description="Epochs without a better validation nDCG before stopping.")
 
 
