@@ -61,8 +61,9 @@ def _loss_figure(result: TrainResult):
 
 
 @asset(
-    description="The hybrid recommender (gated ID+text item tower, attention-over-history user tower) trained on "
-    "train_ratings with early stopping on validation_ratings; one MLflow run per materialisation.",
+    description="The hybrid recommender (gated ID+text item tower, attention-over-history user tower, ensembled with "
+    "fixed implicit-ALS and biased-MF priors) trained on train_ratings with early stopping on validation_ratings; "
+    "one MLflow run per materialisation.",
     kinds={"pytorch", "mlflow"},
 )
 def trained_model(
