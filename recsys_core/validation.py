@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,9 +102,9 @@ class RatingChunks(Protocol):
 
     rows: int
 
-    def __iter__(self) -> Any: ...
+    def __iter__(self) -> Iterator[pd.DataFrame]: ...
 
-    def keys(self) -> Iterable[pd.DataFrame]: ...
+    def keys(self) -> Iterator[pd.DataFrame]: ...
 
 
 @dataclass
@@ -118,12 +118,12 @@ class FrameChunks:
     def rows(self) -> int:
         return len(self.frame)
 
-    def __iter__(self) -> Any:
-        frame = self.frame.reset_index(drop=True)
-        for start in range(0, max(len(frame), 1), self.chunk_rows):
-            yield frame.iloc[start : start + self.chunk_rows]
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        for start in range(0, max(len(self.frame), 1), self.chunk_rows):
+            chunk = self.frame.iloc[start : start + self.chunk_rows]
+            yield chunk.set_axis(pd.RangeIndex(start, start + len(chunk)), copy=False)
 
-    def keys(self) -> Iterable[pd.DataFrame]:
+    def keys(self) -> Iterator[pd.DataFrame]:
         return iter(self)
 
 
