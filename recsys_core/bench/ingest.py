@@ -16,7 +16,14 @@ import pyarrow.parquet as pq
 from recsys_core.bench.report import write_report
 from recsys_core.ingestion import LAYOUTS, ParquetRatingChunks, read_items_file, read_ratings_file
 from recsys_core.synthetic import SyntheticConfig, write_synthetic
-from recsys_core.validation import FrameChunks, RatingChunks, ValidationOutcome, ValidationReport, validate_items, write_validated_ratings
+from recsys_core.validation import (
+    FrameChunks,
+    RatingChunks,
+    ValidationOutcome,
+    ValidationReport,
+    validate_items,
+    write_validated_ratings,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
             if not (ratings_path.exists() and items_path.exists()):
                 print(f"generating synthetic data: {size:,} ratings ...", flush=True)
                 ratings_path, items_path = write_synthetic(directory, SyntheticConfig.scaled(size))
-            cases.append({"kind": "synthetic", "name": f"synthetic-{size // 1_000_000}M" if size >= 1_000_000 else f"synthetic-{size}",
-                          "path": str(ratings_path), "items_path": str(items_path), "format": "canonical", "source_bytes": ratings_path.stat().st_size})  # fmt: skip
+            name = f"synthetic-{size // 1_000_000}M" if size >= 1_000_000 else f"synthetic-{size}"
+            cases.append({"kind": "synthetic", "name": name, "path": str(ratings_path), "items_path": str(items_path),
+                          "format": "canonical", "source_bytes": ratings_path.stat().st_size})  # fmt: skip
         rows = []
         for case in cases:
             print(f"measuring {case['name']} ...", flush=True)
