@@ -218,7 +218,7 @@ class _Totals:
         self.merged.success = bool(self.merged.success and validation.success)
         for total, result in zip(self.merged.results, validation.results):
             total.success = bool(total.success and result.success)
-            if result.exception_info and result.exception_info.get("raised_exception"):
+            if _raised(result):
                 total.exception_info = result.exception_info
             _add_counts(total.result, result.result)
 
@@ -230,7 +230,7 @@ class _Totals:
             row = {"expectation": config.type, "column": kwargs.get("column") or ",".join(kwargs.get("column_list", [])),
                    "reason": config.meta.get("reason", config.type), "success": bool(result.success),
                    "unexpected": int(result.result.get("unexpected_count") or 0)}  # fmt: skip
-            if result.exception_info and result.exception_info.get("raised_exception"):
+            if _raised(result):
                 row["error"] = str(result.exception_info.get("exception_message"))[:200]
             rows.append(row)
         return rows
@@ -249,6 +249,11 @@ class _Totals:
 
 
 _COUNTS = ("element_count", "missing_count", "unexpected_count")
+
+
+def _raised(result: Any) -> bool:
+    """Whether GE could not evaluate the expectation at all (e.g. its column is missing)."""
+    return bool(result.exception_info and result.exception_info.get("raised_exception"))
 
 
 def _summary_counts(result: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +289,7 @@ def _split_chunk(raw: pd.DataFrame, validation: Any, canonical: dict[str, str]) 
     flagged: list[pd.Series] = []
     schema_ok = True
     for result in validation.results:
-        if result.exception_info and result.exception_info.get("raised_exception"):
+        if _raised(result):
             schema_ok = False
             continue
         index = result.result.get("unexpected_index_list")
