@@ -156,7 +156,7 @@ def read_ratings_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
     """Reads a ratings file of any supported format into the raw ratings frame (canonical columns + line + reason)."""
     path = Path(path)
     if path.suffix == ".parquet":
-        return _raw_ratings_from_frame(path, pd.read_parquet(path))
+        return _raw_ratings_from_frame(path, _parquet_file(path).read().to_pandas())
     layout = LAYOUTS[fmt]
     data = path.read_bytes()
     header = _first_line(path, data, layout.encoding)
@@ -174,6 +174,14 @@ def read_ratings_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
         table, invalid = _read_table(path, data, layout.separator, False, 4)
         frame = table.rename_columns(list(RATING_COLUMNS)).to_pandas()
     return _assemble_raw(frame, invalid, first_data_line=2 if layout.header else 1)
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    """Opens a Parquet file; one that is not Parquet (or is cut short) is a DataFormatError naming it."""
+    try:
+        return pq.ParquetFile(path)
+    except pa.ArrowInvalid as err:
+        raise DataFormatError(path, f"not a readable Parquet file: {err}") from None
 
 
 def _raw_ratings_from_frame(path: Path, frame: pd.DataFrame, first_line: int = 1) -> pd.DataFrame:
@@ -204,11 +212,12 @@ class ParquetRatingChunks:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        schema = pq.read_schema(self.path)
-        missing = [c for c in RATING_COLUMNS if c not in schema.names]
+        file = _parquet_file(self.path)
+        names = file.schema_arrow.names
+        missing = [c for c in RATING_COLUMNS if c not in names]
         if missing:
-            raise DataFormatError(self.path, f"missing column(s) {missing}; has {schema.names}", field=missing[0])
-        self.rows = pq.ParquetFile(self.path).metadata.num_rows
+            raise DataFormatError(self.path, f"missing column(s) {missing}; has {names}", field=missing[0])
+        self.rows = file.metadata.num_rows
 
     def _batches(self, columns: list[str]) -> Iterator[pd.DataFrame]:
         start = 0
@@ -282,7 +291,7 @@ def read_items_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
     """Reads an item catalogue into the raw items frame (canonical item columns + line + reason)."""
     path = Path(path)
     if path.suffix == ".parquet":
-        frame = pd.read_parquet(path)
+        frame = _parquet_file(path).read().to_pandas()
         missing = [c for c in ("item_id", "title", "genres") if c not in frame.columns]
         if missing:
             raise DataFormatError(path, f"missing column(s) {missing}; has {list(frame.columns)}", field=missing[0])

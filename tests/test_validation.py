@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import recsys_core.validation as validation
-from recsys_core.ingestion import PARSE_ERROR, SOURCE_LINE, DataFormatError, ParquetRatingChunks
+from recsys_core.ingestion import PARSE_ERROR, SOURCE_LINE, DataFormatError, ParquetRatingChunks, read_ratings_file
 from recsys_core.schema import RATING_DTYPES
 from recsys_core.sources import raw_from_canonical
 from recsys_core.validation import REASON, validate_items, validate_ratings, write_validated_ratings
@@ -111,6 +111,15 @@ def test_parquet_without_a_key_column_names_file_and_field(tmp_path: Path) -> No
     pd.DataFrame({"user_id": [1], "rating": [4.0], "timestamp": [881250949]}).to_parquet(source)
     with pytest.raises(DataFormatError, match=r"ratings\.parquet.*field 'item_id'"):
         ParquetRatingChunks(source)
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path: Path) -> None:
+    source = tmp_path / "ratings.parquet"
+    source.write_text("user_id,item_id,rating,timestamp\n1,10,4,881250949\n")
+    with pytest.raises(DataFormatError, match=r"ratings\.parquet: not a readable Parquet file"):
+        ParquetRatingChunks(source)
+    with pytest.raises(DataFormatError, match=r"ratings\.parquet: not a readable Parquet file"):
+        read_ratings_file(source)
 
 
 def test_repeated_item_id_keeps_the_first_row() -> None:
