@@ -23,3 +23,15 @@ def movielens_100k() -> Path:
     if not (MOVIELENS_100K / "u.data").exists():
         pytest.skip(f"real MovieLens 100k not found at {MOVIELENS_100K}")
     return MOVIELENS_100K
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    """A real redis-server on a free 127.0.0.1 port (AOF, fsync always), stopped after the test."""
+    from servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
