@@ -14,7 +14,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("serve",): "recsys_core.serving.serve",
     ("bench", "serving"): "recsys_core.bench.serving",
     ("similar-items",): "recsys_core.similar_items",
-    ("ab", "report"): "recsys_core.ab_testing",
+    ("ab", "report"): "recsys_core.experiments.ab_report_command",
     ("bench", "quality"): "recsys_core.bench.quality",
 }
 

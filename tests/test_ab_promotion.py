@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, asset, materialize
 
-from recsys_core import ab_testing as ab
+from recsys_core.experiments import offline, registry
 from recsys_core.evaluation import OnnxRecommender
 from recsys_core.export import export_onnx, register_onnx_model
 from recsys_core.serving.scorer import OnnxScorer
@@ -47,12 +47,12 @@ def _recs(serving_dir: str, test: pd.DataFrame) -> pd.DataFrame:
 def test_report_promotes_the_better_model_and_holds_the_worse(two_models):
     test, dirs = two_models["test"], two_models["dirs"]
     good, bad = _recs(dirs["good"], test), _recs(dirs["bad"], test)
-    better = ab.build_ab_report(good, test, champion_recs=bad, challenger_label="good", champion_label="bad", n_boot=500)
-    worse = ab.build_ab_report(bad, test, champion_recs=good, challenger_label="bad", champion_label="good", n_boot=500)
-    assert better.decision.action == ab.PROMOTE, better.decision.reasons
+    better = offline.build_ab_report(good, test, champion_recs=bad, challenger_label="good", champion_label="bad", n_boot=500)
+    worse = offline.build_ab_report(bad, test, champion_recs=good, challenger_label="bad", champion_label="good", n_boot=500)
+    assert better.decision.action == offline.PROMOTE, better.decision.reasons
     assert better.comparisons["ndcg@10"].ci_low > 0
     assert better.replay.challenger.ctr > better.replay.champion.ctr
-    assert worse.decision.action == ab.HOLD and worse.decision.worse_beyond_tolerance
+    assert worse.decision.action == offline.HOLD and worse.decision.worse_beyond_tolerance
 
 
 def _run_ab(manifest: dict, test: pd.DataFrame, instance: DagsterInstance):
@@ -118,9 +118,9 @@ def test_champion_serving_dir_falls_back_to_registry_artefacts(two_models, tmp_p
     settings = MlflowSettings()
     registered = register_onnx_model(settings, copy)
     name, version = registered["registered_model_name"], registered["version"]
-    assert ab.serving_dir_of(settings, name, version) == str(copy)
+    assert registry.serving_dir_of(settings, name, version) == str(copy)
     shutil.rmtree(copy)  # the export folder is gone: the registered extra files serve instead
-    fallback = ab.serving_dir_of(settings, name, version)
+    fallback = registry.serving_dir_of(settings, name, version)
     assert (Path(fallback) / "user_encoder.onnx").exists()
     OnnxScorer.from_dir(fallback, providers="cpu").validate()
-    assert ab.current_champion(settings, name) is None
+    assert registry.current_champion(settings, name) is None

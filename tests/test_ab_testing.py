@@ -10,63 +10,63 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from recsys_core import ab_testing as ab
+from recsys_core.experiments import assignment, offline, reports, statistics
 
 
 def test_bootstrap_ci_is_seeded_and_matches_normal_theory():
     rng = np.random.default_rng(1)
     x = rng.normal(0.3, 1.0, size=2000)
-    first = ab.bootstrap_mean_ci(x, n_boot=2000, seed=7)
-    assert first == ab.bootstrap_mean_ci(x, n_boot=2000, seed=7)
+    first = statistics.bootstrap_mean_ci(x, n_boot=2000, seed=7)
+    assert first == statistics.bootstrap_mean_ci(x, n_boot=2000, seed=7)
     assert first[0] < x.mean() < first[1]
     assert first[1] - first[0] == pytest.approx(2 * 1.96 * x.std(ddof=1) / math.sqrt(x.size), rel=0.1)
     # Chunked resampling gives the same answer as one big draw would in distribution; small chunks still work.
-    chunked = ab.bootstrap_mean_ci(x, n_boot=500, seed=7, max_cells=3000)
+    chunked = statistics.bootstrap_mean_ci(x, n_boot=500, seed=7, max_cells=3000)
     assert chunked[0] < x.mean() < chunked[1]
 
 
 def test_cohens_d_and_sample_size_by_hand():
-    assert ab.cohens_d_paired(np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)
-    assert ab.cohens_d_paired(np.zeros(5)) == 0.0
+    assert statistics.cohens_d_paired(np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)
+    assert statistics.cohens_d_paired(np.zeros(5)) == 0.0
     # d = 0.1 / 0.5 = 0.2 -> the textbook 393 per group at alpha 0.05, power 0.8.
-    assert ab.required_sample_size_per_arm(0.1, 0.5, 0.5) == 393
-    assert math.isinf(ab.required_sample_size_per_arm(0.0, 0.5, 0.5))
+    assert statistics.required_sample_size_per_arm(0.1, 0.5, 0.5) == 393
+    assert math.isinf(statistics.required_sample_size_per_arm(0.0, 0.5, 0.5))
 
 
 def test_compare_metric_uses_scipy_paired_tests():
     rng = np.random.default_rng(0)
     a = rng.uniform(size=300)
     b = np.clip(a + rng.normal(0.05, 0.1, size=300), 0, 1)
-    result = ab.compare_metric("ndcg@10", a, b, n_boot=500)
+    result = offline.compare_metric("ndcg@10", a, b, n_boot=500)
     assert result.lift == pytest.approx((b - a).mean())
     assert result.t_pvalue == pytest.approx(stats.ttest_rel(b, a).pvalue)
     assert result.ci_low < result.lift < result.ci_high
     assert result.relative_lift == pytest.approx(result.lift / a.mean())
-    same = ab.compare_metric("ndcg@10", a, a.copy(), n_boot=100)
+    same = offline.compare_metric("ndcg@10", a, a.copy(), n_boot=100)
     assert (same.lift, same.t_pvalue, same.wilcoxon_pvalue, same.ci_low, same.ci_high) == (0.0, 1.0, 1.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="equal-length"):
-        ab.compare_metric("m", a, b[:-1])
+        offline.compare_metric("m", a, b[:-1])
 
 
 def test_compare_per_user_aligns_on_common_users():
     champion = pd.DataFrame({"m": [0.0, 1.0, 0.5]}, index=pd.Index([3, 1, 2], name="user_id"))
     challenger = pd.DataFrame({"m": [1.0, 1.0, 9.0]}, index=pd.Index([1, 3, 7], name="user_id"))
-    result = ab.compare_per_user(champion, challenger, ["m"], n_boot=50)["m"]
+    result = offline.compare_per_user(champion, challenger, ["m"], n_boot=50)["m"]
     assert result.n_users == 2 and result.lift == pytest.approx(0.5)
     with pytest.raises(ValueError, match="share no users"):
-        ab.compare_per_user(champion, challenger.set_axis([8, 9, 10]), ["m"])
+        offline.compare_per_user(champion, challenger.set_axis([8, 9, 10]), ["m"])
     with pytest.raises(ValueError, match="missing"):
-        ab.compare_per_user(champion, challenger, ["ndcg@10"])
+        offline.compare_per_user(champion, challenger, ["ndcg@10"])
 
 
 def test_hash_split_is_stable_and_balanced():
     users = np.arange(1, 20001)
-    arms = ab.assign_arms(users)
-    assert np.array_equal(arms, ab.assign_arms(users.copy()))
+    arms = assignment.assign_arms(users)
+    assert np.array_equal(arms, assignment.assign_arms(users.copy()))
     assert 0.48 < arms.mean() < 0.52
     # The same user always lands in the same arm, whatever the batch it comes in.
-    assert np.array_equal(ab.assign_arms(users[::-1])[::-1], arms)
-    assert not np.array_equal(ab.assign_arms(users, salt="other"), arms)
+    assert np.array_equal(assignment.assign_arms(users[::-1])[::-1], arms)
+    assert not np.array_equal(assignment.assign_arms(users, salt="other"), arms)
 
 
 def _lists(users: np.ndarray, items_per_user: dict[int, list[int]]) -> pd.DataFrame:
@@ -86,8 +86,8 @@ def good_and_bad() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def test_replay_counts_clicks_per_arm(good_and_bad):
     held_out, good, bad = good_and_bad
-    result = ab.replay_simulation(bad, good, held_out, k=10, n_boot=200)
-    arms = ab.assign_arms(np.arange(200))
+    result = offline.replay_simulation(bad, good, held_out, k=10, n_boot=200)
+    arms = assignment.assign_arms(np.arange(200))
     assert result.challenger.n_users == int(arms.sum())
     assert result.champion.n_users == 200 - int(arms.sum())
     assert result.challenger.clicks == 2 * result.challenger.n_users
@@ -98,50 +98,50 @@ def test_replay_counts_clicks_per_arm(good_and_bad):
 
 def test_decision_rule_promotes_better_holds_worse(good_and_bad):
     held_out, good, bad = good_and_bad
-    better = ab.build_ab_report(good, held_out, champion_recs=bad, challenger_label="v2", champion_label="v1", n_boot=300)
-    assert better.decision.action == ab.PROMOTE and not better.decision.worse_beyond_tolerance
-    worse = ab.build_ab_report(bad, held_out, champion_recs=good, challenger_label="v2", champion_label="v1", n_boot=300)
-    assert worse.decision.action == ab.HOLD and worse.decision.worse_beyond_tolerance
-    same = ab.build_ab_report(good, held_out, champion_recs=good, challenger_label="v2", champion_label="v1", n_boot=300)
-    assert same.decision.action == ab.HOLD and not same.decision.worse_beyond_tolerance
+    better = offline.build_ab_report(good, held_out, champion_recs=bad, challenger_label="v2", champion_label="v1", n_boot=300)
+    assert better.decision.action == offline.PROMOTE and not better.decision.worse_beyond_tolerance
+    worse = offline.build_ab_report(bad, held_out, champion_recs=good, challenger_label="v2", champion_label="v1", n_boot=300)
+    assert worse.decision.action == offline.HOLD and worse.decision.worse_beyond_tolerance
+    same = offline.build_ab_report(good, held_out, champion_recs=good, challenger_label="v2", champion_label="v1", n_boot=300)
+    assert same.decision.action == offline.HOLD and not same.decision.worse_beyond_tolerance
     assert any("not above 0" in reason for reason in same.decision.reasons)
-    first = ab.build_ab_report(bad, held_out, champion_recs=None, challenger_label="v1", champion_label=None)
-    assert first.decision.action == ab.PROMOTE and "first model" in first.decision.reasons[0]
+    first = offline.build_ab_report(bad, held_out, champion_recs=None, challenger_label="v1", champion_label=None)
+    assert first.decision.action == offline.PROMOTE and "first model" in first.decision.reasons[0]
 
 
 def test_guardrail_breach_holds_even_with_primary_lift():
-    def comparison(metric: str, a: float, b: float, low: float, high: float) -> ab.PairedComparison:
-        return ab.PairedComparison(metric, 100, a, b, b - a, (b - a) / a, low, high, 0.01, 0.01, 0.3, 500.0)
+    def comparison(metric: str, a: float, b: float, low: float, high: float) -> offline.PairedComparison:
+        return offline.PairedComparison(metric, 100, a, b, b - a, (b - a) / a, low, high, 0.01, 0.01, 0.3, 500.0)
 
-    rule = ab.DecisionRule(primary_metric="ndcg@10", guardrails={"recall@10": 0.05})
+    rule = offline.DecisionRule(primary_metric="ndcg@10", guardrails={"recall@10": 0.05})
     comparisons = {
         "ndcg@10": comparison("ndcg@10", 0.30, 0.33, 0.01, 0.05),
         "recall@10": comparison("recall@10", 0.20, 0.18, -0.03, -0.01),
     }
-    decision = ab.decide(comparisons, rule)
-    assert decision.action == ab.HOLD and decision.worse_beyond_tolerance
+    decision = offline.decide(comparisons, rule)
+    assert decision.action == offline.HOLD and decision.worse_beyond_tolerance
     assert any("guard-rail recall@10 drops 10.0%" in reason for reason in decision.reasons)
     # The same drop within noise (CI crosses 0) still holds, but is not "worse beyond tolerance".
     comparisons["recall@10"] = comparison("recall@10", 0.20, 0.18, -0.05, 0.01)
-    noisy = ab.decide(comparisons, rule)
-    assert noisy.action == ab.HOLD and not noisy.worse_beyond_tolerance
+    noisy = offline.decide(comparisons, rule)
+    assert noisy.action == offline.HOLD and not noisy.worse_beyond_tolerance
     with pytest.raises(ValueError, match="hr@10"):
-        ab.decide(comparisons, ab.DecisionRule(guardrails={"hr@10": 0.1}))
+        offline.decide(comparisons, offline.DecisionRule(guardrails={"hr@10": 0.1}))
 
 
 def test_reports_render_self_contained(good_and_bad):
     held_out, good, bad = good_and_bad
-    report = ab.build_ab_report(good, held_out, champion_recs=bad, challenger_label="recsys-hybrid v2",
+    report = offline.build_ab_report(good, held_out, champion_recs=bad, challenger_label="recsys-hybrid v2",
                                 champion_label="recsys-hybrid v1", n_boot=200)
-    markdown = ab.render_markdown(report)
+    markdown = reports.render_markdown(report)
     assert "**PROMOTE**" in markdown and "| ndcg@10 |" in markdown and "Replay simulation" in markdown
-    page = ab.render_html(report)
+    page = reports.render_html(report)
     assert page.count("data:image/png;base64,") == 4
     assert not re.search(r"(src|href)=['\"]https?://", page)
     summary = report.to_dict()
     assert summary["decision"]["action"] == "promote" and summary["comparisons"]["ndcg@10"]["lift"] > 0
-    first = ab.build_ab_report(bad, held_out, champion_recs=None, challenger_label="v1", champion_label=None)
-    assert "none (first model)" in ab.render_html(first) and "PROMOTE" in ab.render_markdown(first)
+    first = offline.build_ab_report(bad, held_out, champion_recs=None, challenger_label="v1", champion_label=None)
+    assert "none (first model)" in reports.render_html(first) and "PROMOTE" in reports.render_markdown(first)
 
 
 def test_cli_writes_the_report(good_and_bad, tmp_path):

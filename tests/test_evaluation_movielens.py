@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_core import ab_testing as ab
+from recsys_core.experiments import offline, reports
 from recsys_core import evaluation as ev
 from recsys_core.baselines import BiasedMF, MostPopular
 from recsys_core.ingestion import load_movielens
@@ -29,9 +29,9 @@ def test_baselines_and_ab_report_on_movielens(movielens_100k):
     assert result.n_test_users == 943
 
     users = np.unique(split.test["user_id"])
-    report = ab.build_ab_report(mf.recommend(users, 10), split.test, champion_recs=popular.recommend(users, 10),
+    report = offline.build_ab_report(mf.recommend(users, 10), split.test, champion_recs=popular.recommend(users, 10),
                                 challenger_label="biased_mf", champion_label="most_popular", n_boot=500)  # fmt: skip
-    assert report.decision.action == ab.HOLD and report.decision.worse_beyond_tolerance
+    assert report.decision.action == offline.HOLD and report.decision.worse_beyond_tolerance
     assert report.champion_metrics["ndcg@10"] == pytest.approx(result.metrics["ndcg@10"])
-    page = ab.render_html(report)
+    page = reports.render_html(report)
     assert "HOLD" in page and page.count("data:image/png;base64,") == 4

@@ -19,7 +19,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from recsys_core import ab_testing as ab
+from recsys_core.experiments import offline, registry, reports
 from recsys_core.evaluation import OnnxRecommender
 from recsys_core.paths import recsys_home
 from recsys_core.schema import USER_ID
@@ -43,8 +43,8 @@ class ABConfig(Config):
     salt: str = Field("recsys-ab", description="Salt of the 50/50 user hash split in the replay simulation.")
     seed: int = Field(42, description="Bootstrap seed.")
 
-    def rule(self) -> ab.DecisionRule:
-        return ab.DecisionRule(
+    def rule(self) -> offline.DecisionRule:
+        return offline.DecisionRule(
             primary_metric=self.primary_metric, min_lift=self.min_lift, require_ci_above_zero=self.require_ci_above_zero,
             guardrails=dict(self.guardrails), max_regression=self.max_regression,
         )  # fmt: skip
@@ -73,12 +73,12 @@ def ab_report(
     """Paired offline comparison and replay simulation of challenger vs champion; moves alias `champion` on promote."""
     started = time.perf_counter()
     settings = mlflow.settings()
-    challenger = ab.RegisteredModel(onnx_model["registered_model_name"], str(onnx_model["version"]), onnx_model["onnx_dir"])
-    champion = ab.current_champion(settings, challenger.name)
+    challenger = registry.RegisteredModel(onnx_model["registered_model_name"], str(onnx_model["version"]), onnx_model["onnx_dir"])
+    champion = registry.current_champion(settings, challenger.name)
     users = np.unique(test_ratings[USER_ID].to_numpy(np.int64))
     challenger_recs = _recs(challenger.serving_dir, users, config.k)
     champion_recs = _recs(champion.serving_dir, users, config.k) if champion else None
-    report = ab.build_ab_report(
+    report = offline.build_ab_report(
         challenger_recs, test_ratings, champion_recs=champion_recs, challenger_label=challenger.label,
         champion_label=champion.label if champion else None, rule=config.rule(), k=config.k, n_boot=config.n_boot,
         seed=config.seed, salt=config.salt,
@@ -88,8 +88,8 @@ def ab_report(
     out_dir = recsys_home() / "artifacts" / "ab_report" / context.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path = out_dir / "ab_report.html"
-    html_path.write_text(ab.render_html(report, title=f"A/B report: {challenger.label}"))
-    markdown = ab.render_markdown(report)
+    html_path.write_text(reports.render_html(report, title=f"A/B report: {challenger.label}"))
+    markdown = reports.render_markdown(report)
     (out_dir / "ab_report.md").write_text(markdown)
 
     experiment_id = settings.activate()
@@ -111,9 +111,9 @@ def ab_report(
         artifact_uri = f"{run.info.artifact_uri}/ab_report/ab_report.html"
     run_url = settings.run_url(experiment_id, run.info.run_id)
 
-    promoted = ab.apply_decision(settings, challenger, decision)
+    promoted = registry.apply_decision(settings, challenger, decision)
     context.log.info("A/B %s: %s (champion %s)", decision.action, challenger.label, champion.label if champion else "none")
-    rows = ab.comparison_rows(report)
+    rows = reports.comparison_rows(report)
     metadata = {
         "decision": MetadataValue.text(decision.action),
         "promoted": MetadataValue.bool(promoted),
