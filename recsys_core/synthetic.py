@@ -126,20 +126,35 @@ def _user_activity(config: SyntheticConfig, rng: np.random.Generator) -> np.ndar
     return np.minimum(counts, int(config.n_items * 0.6)).astype(np.int64)
 
 
+def _chunk_affinity(world: _World, chunk_rng: np.random.Generator, n_chunk: int) -> np.ndarray:
+    """[n_chunk, n_items] taste . item vector in [-1, 1]: the ground truth of what each user likes."""
+    favourite = chunk_rng.dirichlet(np.full(len(GENRES), 0.3), size=n_chunk).astype(np.float32)
+    taste = favourite + chunk_rng.normal(0, 0.05, favourite.shape).astype(np.float32)
+    taste /= np.linalg.norm(taste, axis=1, keepdims=True)
+    return taste @ world.item_vectors.T
+
+
+def ground_truth(config: SyntheticConfig = SyntheticConfig(), users_per_chunk: int = 2_000) -> tuple[np.ndarray, np.ndarray]:
+    """(affinity [n_users, n_items], log popularity [n_items]) behind `iter_synthetic_ratings` with the same config
+    and chunking: row u - 1 is user_id u, column i - 1 is item_id i. Simulated users click by it."""
+    world = _make_world(config, np.random.default_rng(config.seed))
+    chunks = [
+        _chunk_affinity(world, np.random.default_rng([config.seed, start]), min(start + users_per_chunk, config.n_users) - start)
+        for start in range(0, config.n_users, users_per_chunk)
+    ]
+    return np.concatenate(chunks), world.log_popularity
+
+
 def iter_synthetic_ratings(config: SyntheticConfig = SyntheticConfig(), users_per_chunk: int = 2_000) -> Iterator[pd.DataFrame]:
     """Ratings in canonical columns, a chunk of users at a time (memory stays bounded at any scale)."""
     rng = np.random.default_rng(config.seed)
     world = _make_world(config, rng)
     activity = _user_activity(config, rng)
-    n_genres = len(GENRES)
     for start in range(0, config.n_users, users_per_chunk):
         stop = min(start + users_per_chunk, config.n_users)
         chunk_rng = np.random.default_rng([config.seed, start])
         n_chunk = stop - start
-        favourite = chunk_rng.dirichlet(np.full(n_genres, 0.3), size=n_chunk).astype(np.float32)
-        taste = favourite + chunk_rng.normal(0, 0.05, favourite.shape).astype(np.float32)
-        taste /= np.linalg.norm(taste, axis=1, keepdims=True)
-        affinity = taste @ world.item_vectors.T  # [n_chunk, n_items] in [-1, 1]
+        affinity = _chunk_affinity(world, chunk_rng, n_chunk)
         user_bias = chunk_rng.normal(0, 0.3, n_chunk)
         first_day = chunk_rng.integers(0, SPAN_DAYS * 2 // 3, n_chunk)
         frames = []

@@ -16,6 +16,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("similar-items",): "recsys_core.similar_items",
     ("ab", "report"): "recsys_core.experiments.ab_report_command",
     ("bench", "quality"): "recsys_core.bench.quality",
+    ("bench", "experiments"): "recsys_core.bench.experiments",
 }
 
 

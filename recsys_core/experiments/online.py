@@ -120,6 +120,27 @@ def srm_test(observed: dict[str, int], shares: dict[str, float], *, threshold: f
     return SrmResult({arm: int(c) for arm, c in zip(shares, counts)}, expected_share, p, p < threshold)
 
 
+def srm_detectable_users(
+    shares: dict[str, float], true_shares: dict[str, float], *, threshold: float = 0.001, power: float = 0.99
+) -> int:
+    """Total users at which `srm_test` detects an assignment that really follows `true_shares` with probability
+    `power` (noncentral chi-square). A decision taken on fewer users may come before a broken split shows."""
+    expected = np.array([shares[a] for a in shares]) / sum(shares.values())
+    actual = np.array([true_shares[a] for a in shares]) / sum(true_shares.values())
+    per_user = float(((actual - expected) ** 2 / expected).sum())
+    if per_user == 0:
+        raise ValueError(f"true shares {true_shares} equal the configured {shares}: there is no mismatch to detect")
+    critical = stats.chi2.ppf(1 - threshold, len(shares) - 1)
+    n = 1
+    while stats.ncx2.sf(critical, len(shares) - 1, n * per_user) < power:
+        n *= 2
+    low = n // 2
+    while low < n:
+        mid = (low + n) // 2
+        low, n = (mid + 1, n) if stats.ncx2.sf(critical, len(shares) - 1, mid * per_user) < power else (low, mid)
+    return n
+
+
 @dataclass(frozen=True)
 class Guardrail:
     """A metric of the challenger arm may be worse than the control's by at most `max_relative_change`."""

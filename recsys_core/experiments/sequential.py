@@ -54,3 +54,28 @@ def msprt(delta: float, variance: float, *, tau: float, alpha: float = 0.05, pre
     p = min(previous_p, 1.0, 1.0 / lr)
     half = confidence_half_width(variance, tau, alpha)
     return SequentialResult(delta, variance, lr, p, delta - half, delta + half, p <= alpha)
+
+
+def users_per_arm_for_power(
+    effect: float, sd_a: float, sd_b: float, *, tau: float, alpha: float = 0.05, power: float = 0.8, max_users: int = 10**9
+) -> int:
+    """Power analysis of this test: the smallest n per arm at which a single look already rejects with probability
+    `power` when the true difference is `effect` (per-user sds `sd_a`, `sd_b`): |effect| >= half-width + z_power * sd.
+    Continuous monitoring can only stop earlier, so this is an upper bound on the sample the test needs."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(power))
+
+    def enough(n: int) -> bool:
+        variance = (sd_a**2 + sd_b**2) / n
+        return abs(effect) >= confidence_half_width(variance, tau, alpha) + z * math.sqrt(variance)
+
+    if effect == 0 or not enough(max_users):
+        return max_users
+    low, high = 1, 1
+    while not enough(high):
+        low, high = high, high * 2
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if not enough(mid) else (low, mid)
+    return high
