@@ -17,6 +17,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("ab", "report"): "recsys_core.experiments.ab_report_command",
     ("bench", "quality"): "recsys_core.bench.quality",
     ("bench", "experiments"): "recsys_core.bench.experiments",
+    ("experiments",): "recsys_core.experiments.command",
 }
 
 

@@ -86,7 +86,7 @@ class ExperimentDefinition:
         return self.salt or self.name
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(asdict(self))  # key order kept: the first arm is the control
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentDefinition:
