@@ -38,7 +38,7 @@ def comparison_rows(report: ABReport) -> list[dict[str, str]]:
     return rows
 
 
-def _markdown_table(rows: list[dict[str, str]]) -> str:
+def markdown_table(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
     header = list(rows[0])
@@ -72,13 +72,13 @@ def render_markdown(report: ABReport) -> str:
         *[f"- {reason}" for reason in report.decision.reasons],
     ]
     if report.comparisons:
-        lines += ["", "### Paired offline comparison (challenger - champion)", _markdown_table(comparison_rows(report))]
+        lines += ["", "### Paired offline comparison (challenger - champion)", markdown_table(comparison_rows(report))]
     if report.replay:
         r = report.replay
         lines += [
             "",
             f"### Replay simulation (50/50 hash split, salt `{r.salt}`)",
-            _markdown_table(replay_rows(r)),
+            markdown_table(replay_rows(r)),
             "",
             f"CTR lift {r.ctr_lift:+.4f}, Welch p = {_fmt(r.p_value, 3)}",
         ]
@@ -138,7 +138,7 @@ def report_figures(report: ABReport) -> dict[str, str]:
     return figures
 
 
-_CSS = """
+CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1160px;padding:0 1rem;color:#1d2733}
 h1{font-size:1.5rem} figure{margin:0} figcaption{font-weight:600;margin:.4rem 0} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde3ea;padding-bottom:.3rem}
 table{border-collapse:collapse;font-size:.85rem;margin:.6rem 0} th,td{border:1px solid #dde3ea;padding:.3rem .55rem;text-align:right;white-space:nowrap}
@@ -151,7 +151,7 @@ img{max-width:100%;border:1px solid #eef1f4;margin:.4rem 0}
 """
 
 
-def _html_table(rows: list[dict[str, str]]) -> str:
+def html_table(rows: list[dict[str, str]]) -> str:
     if not rows:
         return "<p>(none)</p>"
     head = "".join(f"<th>{html.escape(col)}</th>" for col in rows[0])
@@ -165,7 +165,7 @@ def render_html(report: ABReport, *, title: str = "A/B report") -> str:
     rule = report.rule
     guardrails = ", ".join(f"{name} (max drop {tol:.1%})" for name, tol in rule.guardrails.items()) or "none"
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='meta'>Challenger <b>{html.escape(report.challenger_label)}</b> vs champion "
         f"<b>{html.escape(report.champion_label or 'none (first model)')}</b> &middot; {report.n_users} held-out users "
@@ -178,16 +178,16 @@ def render_html(report: ABReport, *, title: str = "A/B report") -> str:
         f"{rule.max_regression:.1%} or a guard-rail more than its tolerance, with that metric's CI below 0.</p>",
     ]
     if report.comparisons:
-        parts += ["<h2>Paired offline comparison (challenger &minus; champion, same users)</h2>", _html_table(comparison_rows(report)),
+        parts += ["<h2>Paired offline comparison (challenger &minus; champion, same users)</h2>", html_table(comparison_rows(report)),
                   "<p class='meta'>CI: percentile bootstrap over users. Users/arm needed: two-sided test at "
                   "&alpha; = 0.05 and power 0.8 for the observed lift.</p>"]
     else:
         parts += ["<h2>Challenger metrics</h2>",
-                  _html_table([{"metric": k, "value": _fmt(v)} for k, v in report.challenger_metrics.items()])]
+                  html_table([{"metric": k, "value": _fmt(v)} for k, v in report.challenger_metrics.items()])]
     if report.replay:
         r = report.replay
         parts += [f"<h2>Replay simulation (50/50 hash split, salt <code>{html.escape(r.salt)}</code>)</h2>",
-                  _html_table(replay_rows(r)), f"<p>CTR lift {r.ctr_lift:+.4f}, Welch t-test p = {_fmt(r.p_value, 3)}</p>"]
+                  html_table(replay_rows(r)), f"<p>CTR lift {r.ctr_lift:+.4f}, Welch t-test p = {_fmt(r.p_value, 3)}</p>"]
     figures = report_figures(report)
     if figures:
         parts.append("<h2>Plots</h2><div class='plots'>")

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recsys_core.experiments.attribution import ARM
-from recsys_core.schema import USER_ID
+from recsys_core.experiments.assignment import OUTSIDE, assign_shares
+from recsys_core.experiments.attribution import ARM, REQUEST_ID, TIMESTAMP
+from recsys_core.schema import ITEM_ID, USER_ID
 from recsys_core.synthetic import SyntheticConfig, ground_truth
 
 
@@ -57,6 +58,10 @@ class SimulatedUsers:
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
         return np.take_along_axis(top, order, axis=1) + 1
 
+    def draw_clicks(self, user_ids: np.ndarray, item_lists: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """[n, k] booleans: which shown items each persona clicks."""
+        return rng.random(np.shape(item_lists)) < self.click_probability(user_ids, item_lists)
+
     def expected_ctr(self, item_lists: np.ndarray) -> np.ndarray:
         """[n_users] each persona's expected CTR on its list."""
         return self.click_probability(np.arange(1, self.n_users + 1), item_lists).mean(axis=1)
@@ -83,3 +88,39 @@ def user_table_stream(
         USER_ID: np.arange(1, len(arms) + 1), ARM: arms, "exposures": requests, "impressions": impressions,
         "clicks": rng.binomial(impressions, ctr),
     })  # fmt: skip
+
+
+def exposure_and_click_rows(
+    request_id: str, user_id: int, arm: str, items: np.ndarray, clicked: np.ndarray, timestamp: float, **extra: object
+) -> tuple[list[dict], list[dict]]:
+    """One response as exposure rows (one per shown item) and its clicks (a few seconds later, with the request_id)."""
+    exposures = [{REQUEST_ID: request_id, USER_ID: user_id, ARM: arm, ITEM_ID: int(item), "rank": rank,
+                  TIMESTAMP: timestamp, **extra} for rank, item in enumerate(items, start=1)]  # fmt: skip
+    clicks = [{USER_ID: user_id, ITEM_ID: int(item), TIMESTAMP: timestamp + 2.0 + rank, REQUEST_ID: request_id}
+              for rank, (item, hit) in enumerate(zip(items, clicked), start=1) if hit]  # fmt: skip
+    return exposures, clicks
+
+
+def simulate_records(
+    simulated: SimulatedUsers, lists: dict[str, np.ndarray], shares: dict[str, float], salt: str, *, visitors: int,
+    requests: int, seed: int = 0, start_time: float = 0.0, duration_s: float = 3600.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """In-process traffic as exposure and click records: `requests` requests from `visitors` visitors (visitor v is
+    persona (v - 1) % n_users + 1), evenly spread over `duration_s`; each visitor's arm by the salted hash, each arm
+    serving `lists[arm]` (indexed by persona - 1). Users outside the experiment's shares are not recorded."""
+    rng = np.random.default_rng(seed)
+    visitor_ids = np.arange(1, visitors + 1)
+    arm_of = dict(zip(visitor_ids, assign_shares(visitor_ids, salt, shares)))
+    exposures: list[dict] = []
+    clicks: list[dict] = []
+    for n, (visitor, when) in enumerate(zip(rng.integers(1, visitors + 1, requests), np.linspace(0, duration_s, requests))):
+        arm = arm_of[visitor]
+        if arm == OUTSIDE:
+            continue
+        persona = (visitor - 1) % simulated.n_users + 1
+        items = lists[arm][persona - 1]
+        clicked = simulated.draw_clicks(np.array([persona]), items[None, :], rng)[0]
+        e, c = exposure_and_click_rows(f"r{seed}-{n}", int(visitor), arm, items, clicked, start_time + when)
+        exposures += e
+        clicks += c
+    return pd.DataFrame(exposures), pd.DataFrame(clicks, columns=[USER_ID, ITEM_ID, TIMESTAMP, REQUEST_ID])
