@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "quality"): "recsys_core.bench.quality",
     ("bench", "experiments"): "recsys_core.bench.experiments",
     ("experiments",): "recsys_core.experiments.command",
+    ("simulate",): "recsys_core.experiments.simulate_command",
 }
 
 
