@@ -7,6 +7,7 @@ from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, d
 from recsys_dagster.checks import model_newer_than_data
 
 LANDED = AssetSelection.assets("landed_ratings")
+ONLINE = AssetSelection.groups("experiments")  # one partition per experiment, run by its own sensor
 
 ingest_and_validate = define_asset_job(
     "ingest_and_validate",
@@ -22,7 +23,7 @@ ingest_landed_ratings = define_asset_job(
 
 full_pipeline = define_asset_job(
     "full_pipeline",
-    selection=AssetSelection.all() - LANDED,
+    selection=AssetSelection.all() - LANDED - ONLINE,
     description="Every asset, from ingestion to the A/B report (landed drops are read as they are).",
 )
 

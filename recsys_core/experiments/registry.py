@@ -59,3 +59,18 @@ def apply_decision(settings: MlflowSettings, challenger: RegisteredModel, decisi
         return False
     client.set_registered_model_alias(challenger.name, CHAMPION, challenger.version)
     return True
+
+
+def resolve_ref(settings: MlflowSettings, name: str, ref: str) -> str:
+    """The version behind an experiment arm's `alias:NAME` or `version:N`."""
+    kind, _, value = ref.partition(":")
+    if kind == "version":
+        return str(settings.client().get_model_version(name, value).version)
+    return str(settings.client().get_model_version_by_alias(name, value).version)
+
+
+def promote_version(settings: MlflowSettings, name: str, version: str, tag: str) -> None:
+    """Moves alias `champion` to `version` and tags it with why."""
+    client = settings.client()
+    client.set_model_version_tag(name, version, "recsys.online_ab_decision", tag)
+    client.set_registered_model_alias(name, CHAMPION, version)
