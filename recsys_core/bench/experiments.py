@@ -60,11 +60,7 @@ def run_experiment(
     previous_p, srm_seen = 1.0, False
     for look in range(1, looks + 1):
         n = visitors * look // looks
-        analysis = online.analyse(
-            users.iloc[:n], control=definition.control, treatment=definition.treatment, shares=definition.shares,
-            primary_metric=definition.primary_metric, tau=definition.mixture_sd, alpha=definition.alpha,
-            min_users_per_arm=definition.min_users_per_arm, previous_p=previous_p,
-        )  # fmt: skip
+        analysis = definition.analyse(users.iloc[:n], previous_p=previous_p)
         srm_seen = srm_seen or analysis.srm.failed
         if analysis.sequential is not None:
             previous_p = analysis.sequential.p_value

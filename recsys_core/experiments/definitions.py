@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from recsys_core.experiments.online import METRICS, Guardrail
+import pandas as pd
+
+from recsys_core.experiments.online import METRICS, Guardrail, OnlineAnalysis, analyse
 from recsys_core.paths import recsys_home
 
 RUNNING, STOPPED = "running", "stopped"
@@ -84,6 +86,16 @@ class ExperimentDefinition:
     def effective_salt(self) -> str:
         """Defaults to the name, so two experiments never share an assignment by accident."""
         return self.salt or self.name
+
+    def analyse(
+        self, users: pd.DataFrame, *, previous_p: float = 1.0, guardrail_values: dict[str, dict[str, float]] | None = None
+    ) -> OnlineAnalysis:
+        """One look at this experiment's per-user table, judged by its own settings."""
+        return analyse(
+            users, control=self.control, treatment=self.treatment, shares=self.shares, primary_metric=self.primary_metric,
+            tau=self.mixture_sd, alpha=self.alpha, min_users_per_arm=self.min_users_per_arm, guardrails=self.guardrails,
+            guardrail_values=guardrail_values, previous_p=previous_p,
+        )  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))  # key order kept: the first arm is the control

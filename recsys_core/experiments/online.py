@@ -11,8 +11,7 @@ click records by `user_table`, or directly by a simulator.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -203,7 +202,6 @@ class OnlineAnalysis:
     sequential: SequentialResult | None
     guardrails: list[GuardrailResult]
     decision: Decision
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def decide(

@@ -44,12 +44,7 @@ def build_online_report(
     for until in np.linspace(start, end, looks + 1)[1:]:
         shown = exposures[exposures[attribution.TIMESTAMP] <= until]
         users = online.user_table(shown, attributed[attributed[attribution.TIMESTAMP] <= until])
-        analysis = online.analyse(
-            users, control=definition.control, treatment=definition.treatment, shares=definition.shares,
-            primary_metric=definition.primary_metric, tau=definition.mixture_sd, alpha=definition.alpha,
-            min_users_per_arm=definition.min_users_per_arm, guardrails=definition.guardrails, guardrail_values=rails,
-            previous_p=previous_p,
-        )  # fmt: skip
+        analysis = definition.analyse(users, previous_p=previous_p, guardrail_values=rails)
         test = analysis.sequential
         previous_p = test.p_value if test else previous_p
         rows.append({"until": until, "users": len(users), "delta": test.delta if test else math.nan,
