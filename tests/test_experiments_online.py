@@ -22,6 +22,9 @@ def test_assignment_is_sticky_and_matches_shares_within_binomial_tolerance():
     again = assignment.assign_shares(shuffled, "exp-1", shares)
     assert (pd.Series(again, index=shuffled).loc[users].to_numpy() == arms).all()
     assert [assignment.assign_shares(np.array([u]), "exp-1", shares)[0] for u in users[:50]] == list(arms[:50])
+    # Pinned: the same on every machine, Python and numpy version (a restarted service must not reshuffle users).
+    assert list(arms[:12]) == ["champion", "champion", "challenger", "champion", "", "", "", "challenger", "challenger",
+                               "challenger", "challenger", "challenger"]  # fmt: skip
     for arm, share in [*shares.items(), (assignment.OUTSIDE, 0.10)]:
         count = int((arms == arm).sum())
         sd = math.sqrt(users.size * share * (1 - share))
