@@ -41,7 +41,6 @@ SRM_CHECK, GUARDRAIL_CHECK = "no_sample_ratio_mismatch", "guardrails_hold"
 
 
 class OnlineABConfig(Config):
-    store_path: str = Field("", description="Experiment definitions (SQLite); empty = $RECSYS_HOME/experiments.sqlite.")
     records_dir: str = Field("", description="Exposure/click Parquet per experiment; empty = $RECSYS_HOME/experiments/records.")
     looks: int = Field(20, description="Points in time of the cumulative-lift timeline.")
     catalogue_size: int = Field(0, description="Items in the catalogue, for the coverage guard-rail (0 = no coverage).")
@@ -59,7 +58,7 @@ class OnlineABConfig(Config):
 def online_ab_report(context: AssetExecutionContext, config: OnlineABConfig, mlflow: MlflowResource) -> Iterator:
     """Per-arm CTR and clicks per user (CIs over users), SRM, mSPRT, guard-rails and the decision of one experiment."""
     started = time.perf_counter()
-    store = ExperimentStore(config.store_path or None)
+    store = ExperimentStore()  # $RECSYS_HOME/experiments.sqlite, the one the sensor and the CLI use
     definition = store.get(context.partition_key)
     exposures, clicks = ParquetRecords(config.records_dir or None).read(definition)
     report = build_online_report(definition, exposures, clicks, looks=config.looks, catalogue_size=config.catalogue_size or None)
