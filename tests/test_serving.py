@@ -115,7 +115,7 @@ def test_recommendations_with_reasons_and_fallbacks(service: dict) -> None:
         ("POST", "/recommendations", {"history": [{"item_id": 1}] * 21}, 422),
         ("POST", "/recommendations", {"history": [{"item_id": 1}], "k": 500}, 422),
         ("POST", "/recommendations", {"history": [{"item": 1}]}, 422),
-        ("POST", "/recommendations", "not json", 422),
+        ("POST", "/recommendations", "not json", 400),
         ("GET", "/nowhere", None, 404),
     ],
 )
@@ -164,7 +164,13 @@ def test_hot_swap_then_corrupt_model_is_refused(service: dict) -> None:
     wait_for(lambda: client.get("/health").json()["refused"] >= 1)
     health = client.get("/health").json()
     assert health["model_version"] == fingerprint(service["second"]) and "cannot load" in health["last_error"]
+    assert health["status"] == "degraded"
     assert client.get("/recommendations/1").status_code == 200
+
+    point(served, service["first"])  # a later good model clears the stale error
+    wait_for(lambda: version() == fingerprint(service["first"]))
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["last_error"] is None
 
 
 def test_cli_registers_serve_and_bench() -> None:
