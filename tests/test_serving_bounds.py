@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys_core.bench.serving import free_port
 from recsys_core.serving.app import create_app
 from recsys_core.serving.reload import DirectorySource, ModelHolder, load_validated
+from servers import recsys_service
 from tests.test_serving import export_model, wait_for
 
 MAX_BODY = 65_536
@@ -25,29 +25,10 @@ MAX_BODY = 65_536
 def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("bounded")
     model_dir = export_model(root, 1)
-    port = free_port()
-    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", str(port),
-               "--reload-interval", "0", "--providers", "cpu", "--max-body-bytes", str(MAX_BODY)]  # fmt: skip
     log_path = root / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RECSYS_HOME": str(root)})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-
-    def live() -> bool:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-        try:
-            return client.get("/health/live").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(live)
-        yield {"client": client, "log": log_path, "model_dir": model_dir, "url": f"http://127.0.0.1:{port}"}
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(timeout=20)
+    args = ("--reload-interval", "0", "--max-body-bytes", str(MAX_BODY))
+    with recsys_service(model_dir, log_path, *args, ready_path="/health/live") as client:
+        yield {"client": client, "log": log_path, "model_dir": model_dir, "url": str(client.base_url).rstrip("/")}
 
 
 def is_error_body(response: httpx.Response) -> bool:

@@ -249,7 +249,8 @@ def create_app(
     def health() -> HealthResponse:
         model = holder.current
         return HealthResponse(
-            status="degraded" if holder.last_error else "ok", model_version=model.version, model_source=model.source, loaded_at=model.loaded_at,
+            status="degraded" if holder.last_error else "ok", model_version=model.version, model_source=model.source,
+            loaded_at=model.loaded_at,
             n_users=len(model.scorer.users), n_items=len(model.scorer.items), providers=model.scorer.providers,
             swaps=holder.swaps, refused=holder.refused, last_error=holder.last_error,
         )

@@ -7,11 +7,15 @@ a sentence and `errors` lists where and why, never the input.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ErrorItem(BaseModel):
@@ -61,6 +65,14 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
     return _body(422, f"invalid request: {where}", items)
 
 
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    """A bug, not an input: logged with its traceback, answered in the same body with the request id to look for."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.error("unhandled error in request %s", request_id, exc_info=error)
+    return _body(500, f"internal error (request id {request_id})")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
