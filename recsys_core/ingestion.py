@@ -10,6 +10,8 @@ naming the file, line and field.
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,10 +20,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recsys_core.schema import GENRE_SEPARATOR, ITEM_ID, RATING, RATING_COLUMNS, RATING_DTYPES, TIMESTAMP, USER_ID
+from recsys_core.schema import (
+    GENRE_SEPARATOR,
+    ID_COLUMNS,
+    ID_RULE,
+    ITEM_ID,
+    MAX_ID,
+    RATING,
+    RATING_COLUMNS,
+    RATING_DTYPES,
+    TIMESTAMP,
+    USER_ID,
+)
 
 SOURCE_LINE = "source_line"
 PARSE_ERROR = "parse_error"
@@ -29,6 +43,14 @@ PARSE_ERROR = "parse_error"
 # Rows per chunk when ratings are streamed: GE's per-run overhead stays small, a chunk's copies stay a few MB.
 CHUNK_ROWS = 131_072
 RAW_RATING_DTYPES = {USER_ID: "Int64", ITEM_ID: "Int64", RATING: "Float32", TIMESTAMP: "Int64"}
+# Arrow integers become nullable pandas integers: pandas' default turns a column with nulls into float64 (ids rounded).
+_NULLABLE_INTEGERS = {
+    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(), pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(),
+}  # fmt: skip
+_INTEGER_TEXT = r"^-?[0-9]+$"
+_INT64_MAX_TEXT = str(MAX_ID)
+_EXACT_FLOAT = 2**53  # whole floats up to here are exact integers
 
 
 class DataFormatError(ValueError):
@@ -85,6 +107,12 @@ def _check_encoding(path: Path, data: bytes, encoding: str) -> None:
         ) from None
 
 
+def _read_text_file(path: Path, encoding: str) -> bytes:
+    """The file's bytes without a UTF-8 byte-order mark (Excel writes one), which would otherwise rename the first column."""
+    data = path.read_bytes()
+    return data[len(codecs.BOM_UTF8):] if encoding == "utf-8" and data.startswith(codecs.BOM_UTF8) else data
+
+
 def _first_line(path: Path, data: bytes, encoding: str) -> str:
     if not data.strip():
         raise DataFormatError(path, "file is empty")
@@ -106,25 +134,67 @@ def _check_separator(path: Path, line: str, separator: str, n_fields: int, line_
 
 def _header_columns(path: Path, header: str, separator: str, names: dict[str, str]) -> list[str]:
     columns = [c.strip().strip('"') for c in header.split(separator)]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataFormatError(path, f"duplicated column(s) {repeated}; header has {columns}", line=1, field=repeated[0])
     missing = [source for source in names.values() if source not in columns]
     if missing:
         raise DataFormatError(path, f"missing column(s) {missing}; header has {columns}", line=1, field=missing[0])
     return columns
 
 
-def _to_number(values: pd.Series, column: str, kind: str, errors: pd.Series) -> pd.Series:
-    """Converts one text column; unreadable values become NA and get a reason in `errors`."""
+def _add_reason(errors: pd.Series, bad: pd.Series, what: str, values: pd.Series) -> None:
+    reason = what + ": " + values[bad].astype(str).str.slice(0, 40).map(repr)
+    errors.loc[bad] = errors.loc[bad].fillna("").str.cat(reason, sep="; ").str.lstrip("; ")
+
+
+def _integer_rule(column: str) -> str:
+    return f"{column}: {ID_RULE}" if column in ID_COLUMNS else f"{column}: not an integer"
+
+
+def _to_number(values: pd.Series, column: str, errors: pd.Series) -> pd.Series:
+    """Converts one text column of floats; unreadable values become NA and get a reason in `errors`."""
     stripped = values.str.strip()
     numbers = pd.to_numeric(stripped, errors="coerce")
     bad = numbers.isna() & stripped.notna() & (stripped != "")
-    if kind == "int":
-        fractional = numbers.notna() & (numbers != np.floor(numbers))
-        bad |= fractional
-        numbers = numbers.where(~fractional)
     if bad.any():
-        reason = f"{column}: not a number: " + values[bad].astype(str).str.slice(0, 40).map(repr)
-        errors.loc[bad] = errors.loc[bad].fillna("").str.cat(reason, sep="; ").str.lstrip("; ")
-    return numbers.astype("Int64" if kind == "int" else "Float32")
+        _add_reason(errors, bad, f"{column}: not a number", values)
+    return numbers.astype("Float32")
+
+
+def _to_integer(values: pd.Series, column: str, errors: pd.Series) -> pd.Series:
+    """Text to Int64 exactly (Arrow's string cast, never through float): only decimal digits within int64 pass,
+    anything else (fractions, exponents, values past 2^63 - 1 that pandas would turn into clashing floats) gets a
+    reason. Negative ids are representable and left to validation, which rejects them for every source."""
+    text = pc.utf8_trim_whitespace(pa.array(values, type=pa.string(), from_pandas=True))
+    digits = pc.utf8_ltrim(text, characters="-0")
+    length = pc.utf8_length(digits)
+    in_range = pc.or_(pc.less(length, 19), pc.and_(pc.equal(length, 19), pc.less_equal(digits, _INT64_MAX_TEXT)))
+    fits = pc.fill_null(pc.and_(pc.match_substring_regex(text, _INTEGER_TEXT), in_range), False)
+    numbers = pc.cast(pc.if_else(fits, text, pa.scalar(None, pa.string())), pa.int64())
+    present = pd.Series(pc.fill_null(pc.not_equal(text, ""), False).to_numpy(zero_copy_only=False), index=values.index)
+    bad = present & ~pd.Series(fits.to_numpy(zero_copy_only=False), index=values.index)
+    if bad.any():
+        _add_reason(errors, bad, _integer_rule(column), values)
+    return pd.Series(numbers.to_pandas(types_mapper=_NULLABLE_INTEGERS.get), index=values.index)
+
+
+def _exact_integers(values: pd.Series, column: str, errors: pd.Series) -> pd.Series:
+    """A numeric (Parquet) column as exact integers: unsigned values past 2^63 - 1 and floats that are not whole (or
+    too large to be exact) get a reason instead of wrapping or truncating."""
+    if pd.api.types.is_signed_integer_dtype(values.dtype):
+        return values
+    if pd.api.types.is_unsigned_integer_dtype(values.dtype):
+        bad = pd.Series(values > MAX_ID, index=values.index).fillna(False).astype(bool)
+        exact = values.where(~bad, 0).astype("Int64")
+    else:
+        whole = np.isfinite(values) & (values == np.floor(values)) & (values.abs() <= _EXACT_FLOAT)
+        bad = values.notna() & ~whole
+        exact = values.where(whole).astype("Int64")
+    if bad.any():
+        _add_reason(errors, bad, _integer_rule(column), values)
+        exact[bad] = pd.NA
+    return exact
 
 
 def _read_table(path: Path, data: bytes, separator: str, skip_header: bool, n_columns: int) -> tuple[pa.Table, list[tuple[int, str]]]:
@@ -156,9 +226,9 @@ def read_ratings_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
     """Reads a ratings file of any supported format into the raw ratings frame (canonical columns + line + reason)."""
     path = Path(path)
     if path.suffix == ".parquet":
-        return _raw_ratings_from_frame(path, _parquet_file(path).read().to_pandas())
+        return _raw_ratings_from_frame(path, _parquet_file(path).read().to_pandas(types_mapper=_NULLABLE_INTEGERS.get))
     layout = LAYOUTS[fmt]
-    data = path.read_bytes()
+    data = _read_text_file(path, layout.encoding)
     header = _first_line(path, data, layout.encoding)
     _check_encoding(path, data, layout.encoding)
     if layout.header:
@@ -173,7 +243,22 @@ def read_ratings_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
         _check_separator(path, header, layout.separator, 4)
         table, invalid = _read_table(path, data, layout.separator, False, 4)
         frame = table.rename_columns(list(RATING_COLUMNS)).to_pandas()
-    return _assemble_raw(frame, invalid, first_data_line=2 if layout.header else 1)
+    lines = _record_lines(data, layout, len(frame) + len(invalid))
+    return _assemble_raw(frame, invalid, first_data_line=2 if layout.header else 1, record_lines=lines)
+
+
+def _record_lines(data: bytes, layout: MovieLensLayout, n_records: int) -> np.ndarray | None:
+    """The line each record starts on, when a quoted field may hold a newline (so records and lines differ);
+    None when every record is one line. Python's csv module counts them: only files with quotes pay for it."""
+    if layout.separator != "," or b'"' not in data:
+        return None
+    reader = csv.reader(io.StringIO(codecs.decode(data, layout.encoding), newline=""))
+    starts, line = [], 1
+    for _ in reader:
+        starts.append(line)
+        line = reader.line_num + 1
+    starts = starts[1:] if layout.header else starts
+    return np.asarray(starts[:n_records], dtype=np.int64) if len(starts) >= n_records else None
 
 
 def _parquet_file(path: Path) -> pq.ParquetFile:
@@ -189,11 +274,13 @@ def _raw_ratings_from_frame(path: Path, frame: pd.DataFrame, first_line: int = 1
     missing = [c for c in RATING_COLUMNS if c not in frame.columns]
     if missing:
         raise DataFormatError(path, f"missing column(s) {missing}; has {list(frame.columns)}", field=missing[0])
-    if all(pd.api.types.is_numeric_dtype(frame[c]) for c in RATING_COLUMNS):
+    if all(pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in RATING_COLUMNS):
+        errors = pd.Series(pd.NA, index=frame.index, dtype="string")
+        columns = {c: frame[c] if c == RATING else _exact_integers(frame[c], c, errors) for c in RATING_COLUMNS}
         # A column without nulls keeps a plain numpy dtype: nullable copies would cost memory and time for nothing.
-        raw = pd.DataFrame({c: frame[c].astype(RATING_DTYPES[c] if not frame[c].hasnans else RAW_RATING_DTYPES[c])
-                            for c in RATING_COLUMNS}, index=frame.index)  # fmt: skip
-        raw[PARSE_ERROR] = pd.Series(pd.NA, index=raw.index, dtype="string")
+        raw = pd.DataFrame({c: v.astype(RATING_DTYPES[c] if not v.hasnans else RAW_RATING_DTYPES[c])
+                            for c, v in columns.items()}, index=frame.index)  # fmt: skip
+        raw[PARSE_ERROR] = errors
         raw[SOURCE_LINE] = np.arange(first_line, first_line + len(raw), dtype=np.int64)
         return raw
     raw = _assemble_raw(frame[list(RATING_COLUMNS)].astype("string"), [], first_data_line=first_line)
@@ -225,7 +312,7 @@ class ParquetRatingChunks:
         # the bench's peak memory fell from 214 MB to 126 MB, at the same speed).
         reader = pq.ParquetFile(self.path, pre_buffer=False)
         for batch in reader.iter_batches(batch_size=self.chunk_rows, columns=columns, use_threads=False):
-            frame = batch.to_pandas()
+            frame = batch.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)
             del batch
@@ -243,31 +330,36 @@ class ParquetRatingChunks:
         return self._batches([USER_ID, ITEM_ID, TIMESTAMP])
 
 
-def _assemble_raw(text: pd.DataFrame, invalid: list[tuple[int, str]], first_data_line: int) -> pd.DataFrame:
-    """Typed raw frame in line order; rows with a wrong field count come back all-NA with their reason."""
+def _assemble_raw(
+    text: pd.DataFrame, invalid: list[tuple[int, str]], first_data_line: int, record_lines: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Typed raw frame in line order; rows with a wrong field count come back all-NA with their reason.
+    `record_lines` gives each record's first line where records span lines (see `_record_lines`)."""
     text = text.astype("string")
     errors = pd.Series(pd.NA, index=text.index, dtype="string")
     raw = pd.DataFrame(index=text.index)
     for column in RATING_COLUMNS:
-        kind = "float" if column == RATING else "int"
-        raw[column] = _to_number(text[column], column, kind, errors)
+        convert = _to_number if column == RATING else _to_integer
+        raw[column] = convert(text[column], column, errors)
     for column in RATING_COLUMNS:
         missing = text[column].isna() | (text[column].str.strip() == "")
         if missing.any():
             errors.loc[missing] = errors.loc[missing].fillna("").str.cat(pd.Series(f"{column}: empty", index=errors.index)[missing], sep="; ").str.lstrip("; ")
     raw[PARSE_ERROR] = errors
     n_rows = len(raw) + len(invalid)
-    bad_lines = np.array(sorted(line for line, _ in invalid), dtype=np.int64)
-    # pyarrow numbers lines from 1 counting the header; data rows fill every line not kept aside.
-    all_lines = np.arange(first_data_line, first_data_line + n_rows, dtype=np.int64)
-    raw[SOURCE_LINE] = np.setdiff1d(all_lines, bad_lines, assume_unique=True)[: len(raw)]
+    bad_records = np.array(sorted(number for number, _ in invalid), dtype=np.int64)
+    # pyarrow numbers records from 1 counting the header; data rows fill every record not kept aside.
+    all_records = np.arange(first_data_line, first_data_line + n_rows, dtype=np.int64)
+    records = np.setdiff1d(all_records, bad_records, assume_unique=True)[: len(raw)]
+    line_of = (lambda r: r) if record_lines is None else (lambda r: record_lines[r - first_data_line])
+    raw[SOURCE_LINE] = line_of(records)
     if invalid:
-        aside = pd.DataFrame({SOURCE_LINE: bad_lines})
+        aside = pd.DataFrame({SOURCE_LINE: line_of(bad_records)})
         for column, dtype in RAW_RATING_DTYPES.items():
             aside[column] = pd.Series(pd.NA, index=aside.index, dtype=dtype)
         texts = dict(invalid)
         aside[PARSE_ERROR] = pd.Series(
-            [_describe_invalid_row(texts[line]) for line in bad_lines], index=aside.index, dtype="string"
+            [_describe_invalid_row(texts[number]) for number in bad_records], index=aside.index, dtype="string"
         )
         raw = pd.concat([raw, aside[raw.columns]], ignore_index=True).sort_values(SOURCE_LINE, kind="stable")
         raw = raw.reset_index(drop=True)
@@ -297,7 +389,7 @@ def read_items_file(path: str | Path, fmt: str = "canonical") -> pd.DataFrame:
             raise DataFormatError(path, f"missing column(s) {missing}; has {list(frame.columns)}", field=missing[0])
         return _finish_items([_item_record_from_mapping(row, i + 1) for i, row in enumerate(frame.to_dict("records"))])
     layout = LAYOUTS[fmt]
-    data = path.read_bytes()
+    data = _read_text_file(path, layout.encoding)
     _first_line(path, data, layout.encoding)
     _check_encoding(path, data, layout.encoding)
     lines = codecs.decode(data, layout.encoding).splitlines()
@@ -333,9 +425,20 @@ def _int_or_none(value: object) -> int | None:
         return None
 
 
-def _item_record(number: int, item_id: str, title: str, genres: str, year: int | None, text: str = "") -> dict:
-    parsed_id = _int_or_none(item_id)
-    error = None if parsed_id is not None else f"item_id: not an integer: {item_id!r}"
+def _exact_id(value: object) -> int | None:
+    """An id read exactly: decimal digits within int64, or a whole float small enough to be exact (Parquet)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT:
+        value = int(value)
+    text = str(value).strip()
+    if not re.fullmatch(_INTEGER_TEXT, text):
+        return None
+    number = int(text)
+    return number if -MAX_ID - 1 <= number <= MAX_ID else None
+
+
+def _item_record(number: int, item_id: object, title: str, genres: str, year: int | None, text: str = "") -> dict:
+    parsed_id = _exact_id(item_id)
+    error = None if parsed_id is not None else f"{_integer_rule(ITEM_ID)}: {str(item_id)!r}"
     return {"item_id": parsed_id, "title": title, "genres": genres, "year": year, "text": text,
             SOURCE_LINE: number, PARSE_ERROR: error}  # fmt: skip
 

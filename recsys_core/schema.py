@@ -14,10 +14,15 @@ RATING = "rating"
 TIMESTAMP = "timestamp"
 
 RATING_COLUMNS: tuple[str, ...] = (USER_ID, ITEM_ID, RATING, TIMESTAMP)
+ID_COLUMNS: tuple[str, ...] = (USER_ID, ITEM_ID)
 ITEM_COLUMNS: tuple[str, ...] = (ITEM_ID, "title", "genres", "year", "text")
 
 RATING_DTYPES: dict[str, str] = {USER_ID: "int64", ITEM_ID: "int64", RATING: "float32", TIMESTAMP: "int64"}
 ITEM_DTYPES: dict[str, str] = {ITEM_ID: "int64", "title": "string", "genres": "string", "year": "Int64", "text": "string"}
+
+# Ids are exact integers in [0, 2^63): what int64 holds and the API accepts. Anything else is rejected, never rounded.
+MAX_ID = 2**63 - 1
+ID_RULE = "not an integer in [0, 2^63)"
 
 # Genres are one string per item, '|'-separated, as in MovieLens.
 GENRE_SEPARATOR = "|"

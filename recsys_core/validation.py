@@ -35,7 +35,18 @@ from great_expectations.data_context.types.resource_identifiers import (
 )
 
 from recsys_core.ingestion import CHUNK_ROWS, PARSE_ERROR, SOURCE_LINE
-from recsys_core.schema import ITEM_DTYPES, ITEM_ID, RATING, RATING_COLUMNS, RATING_DTYPES, TIMESTAMP, USER_ID
+from recsys_core.schema import (
+    ID_COLUMNS,
+    ID_RULE,
+    ITEM_DTYPES,
+    ITEM_ID,
+    MAX_ID,
+    RATING,
+    RATING_COLUMNS,
+    RATING_DTYPES,
+    TIMESTAMP,
+    USER_ID,
+)
 
 REASON = "reason"
 ITEM_KNOWN = "item_known"
@@ -139,6 +150,13 @@ def _expectation(kind: type, reason: str, **kwargs: Any) -> Any:
     return kind(meta={"reason": reason}, **kwargs)
 
 
+def id_expectations(columns: Iterable[str]) -> list[Any]:
+    """Ids in [0, 2^63) for every source, typed or read from text: the API refuses other ids, so such users and items
+    could never be served."""
+    return [_expectation(gx.expectations.ExpectColumnValuesToBeBetween, f"{c} {ID_RULE}", column=c, min_value=0,
+                         max_value=MAX_ID) for c in columns]  # fmt: skip
+
+
 def rating_suite(rules: RatingRules, now: int) -> list[Any]:
     """Catalogue membership and duplicates are checked on derived per-row columns (`item_known`, `first_of_key`):
     GE sees one chunk at a time, and a catalogue inlined as a value set is re-serialised for every metric."""
@@ -148,6 +166,7 @@ def rating_suite(rules: RatingRules, now: int) -> list[Any]:
                      column_set=RAW_RATING_COLUMNS, exact_match=False),  # fmt: skip
         _expectation(e.ExpectColumnValuesToBeNull, "unreadable", column=PARSE_ERROR),
         *[_expectation(e.ExpectColumnValuesToNotBeNull, f"missing {c}", column=c) for c in RATING_COLUMNS],
+        *id_expectations(ID_COLUMNS),
         _expectation(e.ExpectColumnValuesToBeInSet, f"rating not in {list(rules.allowed_ratings)}",
                      column=RATING, value_set=list(rules.allowed_ratings)),  # fmt: skip
         _expectation(e.ExpectColumnValuesToBeBetween, "implausible timestamp", column=TIMESTAMP,
@@ -165,6 +184,7 @@ def item_suite(rules: ItemRules) -> list[Any]:
                      column_set=[*RAW_ITEM_COLUMNS, FIRST_OF_KEY], exact_match=True),  # fmt: skip
         _expectation(e.ExpectColumnValuesToBeNull, "unreadable", column=PARSE_ERROR),
         _expectation(e.ExpectColumnValuesToNotBeNull, "missing item_id", column=ITEM_ID),
+        *id_expectations([ITEM_ID]),
         _expectation(e.ExpectColumnValuesToBeInSet, "duplicate item_id", column=FIRST_OF_KEY, value_set=[True]),
         _expectation(e.ExpectColumnValuesToNotBeNull, "missing title", column="title"),
         _expectation(e.ExpectColumnValueLengthsToBeBetween, "empty title", column="title", min_value=1),

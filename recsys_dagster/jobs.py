@@ -8,6 +8,8 @@ from recsys_dagster.checks import model_newer_than_data
 
 LANDED = AssetSelection.assets("landed_ratings")
 ONLINE = AssetSelection.groups("experiments")  # one partition per experiment, run by its own sensor
+# Runs that retrain carry this tag; the instance runs at most one of them at a time (dagster.yaml).
+RETRAIN_TAG = "recsys/retrain"
 
 ingest_and_validate = define_asset_job(
     "ingest_and_validate",
@@ -25,12 +27,14 @@ full_pipeline = define_asset_job(
     "full_pipeline",
     selection=AssetSelection.all() - LANDED - ONLINE,
     description="Every asset, from ingestion to the A/B report (landed drops are read as they are).",
+    tags={RETRAIN_TAG: "true"},
 )
 
 train_and_evaluate = define_asset_job(
     "train_and_evaluate",
     selection=AssetSelection.groups("split", "features", "training", "export", "evaluation", "ab"),
     description="Split, text features, model, ONNX export, offline metrics and the A/B report on the validated data.",
+    tags={RETRAIN_TAG: "true"},
 )
 
 ab_evaluation = define_asset_job(

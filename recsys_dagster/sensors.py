@@ -5,10 +5,13 @@ import json
 from dagster import (
     AddDynamicPartitionsRequest,
     AssetKey,
+    AssetRecordsFilter,
     DagsterEventType,
+    DagsterRunStatus,
     DefaultSensorStatus,
     EventLogEntry,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -22,32 +25,56 @@ from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_rati
 from recsys_dagster.resources.data_source import DataSourceResource
 
 AB_REPORT = AssetKey("ab_report")
+LANDED_RATINGS = AssetKey("landed_ratings")
+UNFINISHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
 
 @sensor(job=ingest_landed_ratings, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
 def rating_drop_sensor(context: SensorEvaluationContext, data_source: DataSourceResource) -> SensorResult | SkipReason:
     """Each new (or replaced) file in the landing folder becomes a `rating_drops` partition and one ingestion run.
 
-    The cursor holds the versions already seen, and run keys repeat them, so a restarted daemon launches nothing twice.
+    The cursor holds the versions of the files now in the folder (so it grows with the folder, not with its history),
+    and run keys repeat them, so a restarted daemon launches nothing twice.
     """
     seen = set(json.loads(context.cursor)) if context.cursor else set()
-    new = [f for f in list_landed_files(data_source.landing_path()) if f.version not in seen]
-    if not new:
+    present = list_landed_files(data_source.landing_path())
+    new = [f for f in present if f.version not in seen]
+    cursor = json.dumps(sorted(f.version for f in present))
+    if not new and cursor == (context.cursor or "[]"):
         return SkipReason(f"no new files in {data_source.landing_path()}")
     known = set(context.instance.get_dynamic_partitions(rating_drops.name))
     added = sorted({f.name for f in new} - known)
     return SensorResult(
         run_requests=[RunRequest(run_key=f.version, partition_key=f.name) for f in new],
         dynamic_partitions_requests=[AddDynamicPartitionsRequest(rating_drops.name, added)] if added else [],
-        cursor=json.dumps(sorted(seen | {f.version for f in new})),
+        cursor=cursor, skip_reason=None if new else f"no new files in {data_source.landing_path()} (some were removed)",
     )
 
 
-@asset_sensor(asset_key=AssetKey("landed_ratings"), job=full_pipeline, default_status=DefaultSensorStatus.RUNNING)
-def retrain_on_new_data(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest:
-    """A drop that landed is validated together with everything before it, and the model retrained on the result."""
-    partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
-    return RunRequest(run_key=f"landed:{asset_event.run_id}:{partition}", tags={"recsys/trigger": f"landed_ratings:{partition}"})
+@sensor(job=full_pipeline, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def retrain_on_new_data(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+    """Drops that landed since the last retrain are validated together with everything before them and the model is
+    retrained once: while any drop's ingestion is still queued or running the burst is not over, so it waits, and
+    then one run covers every drop (seven drops at once used to start seven retrains on a 2-core machine).
+
+    The cursor is the storage id of the last landed materialisation a retrain was requested for.
+    """
+    after = int(context.cursor) if context.cursor and context.cursor.isdigit() else None
+    landed = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=LANDED_RATINGS, after_storage_id=after), limit=10_000, ascending=True
+    ).records
+    if not landed:
+        return SkipReason("no drop landed since the last retrain")
+    busy = context.instance.get_run_records(RunsFilter(job_name=ingest_landed_ratings.name, statuses=UNFINISHED))
+    if busy:
+        return SkipReason(f"{len(busy)} landing ingestion run(s) unfinished: one retrain follows the whole burst")
+    names = sorted({r.partition_key for r in landed if r.partition_key})
+    trigger = names[0] if len(names) == 1 else f"{len(names)} drops: {', '.join(names[:5])}" + (", ..." if len(names) > 5 else "")
+    last = landed[-1].storage_id
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f"landed:{last}", tags={"recsys/trigger": f"landed_ratings:{trigger}"})],
+        cursor=str(last),
+    )
 
 
 

@@ -3,20 +3,18 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_core.bench.serving import build_random_bundle, free_port, random_ratings, run_load_client
+from recsys_core.bench.serving import build_random_bundle, random_ratings, run_load_client
 from recsys_core.export import export_onnx
 from recsys_dagster.cli import build_parser
+from servers import recsys_service
 
 N_USERS, N_ITEMS = 30, 50
 ITEMS = pd.DataFrame({"item_id": np.arange(1, N_ITEMS + 1), "title": [f"Movie {i}" for i in range(1, N_ITEMS + 1)]})
@@ -51,29 +49,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     first, second = export_model(root, 1), export_model(root, 2)
     served = root / "served"
     point(served, first)
-    port = free_port()
-    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(served), "--port", str(port),
-               "--reload-interval", "0.3", "--providers", "cpu", "--max-k", "50", "--max-history", "20"]  # fmt: skip
     log_path = root / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RECSYS_HOME": str(root)})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-
-    def healthy() -> bool:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-        try:
-            return client.get("/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy)
+    with recsys_service(served, log_path, "--reload-interval", "0.3", "--max-k", "50", "--max-history", "20") as client:
         yield {"client": client, "root": root, "served": served, "first": first, "second": second, "log": log_path}
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def fingerprint(onnx_dir: Path) -> str:
@@ -115,7 +93,7 @@ def test_recommendations_with_reasons_and_fallbacks(service: dict) -> None:
         ("POST", "/recommendations", {"history": [{"item_id": 1}] * 21}, 422),
         ("POST", "/recommendations", {"history": [{"item_id": 1}], "k": 500}, 422),
         ("POST", "/recommendations", {"history": [{"item": 1}]}, 422),
-        ("POST", "/recommendations", "not json", 422),
+        ("POST", "/recommendations", "not json", 400),
         ("GET", "/nowhere", None, 404),
     ],
 )
@@ -164,7 +142,13 @@ def test_hot_swap_then_corrupt_model_is_refused(service: dict) -> None:
     wait_for(lambda: client.get("/health").json()["refused"] >= 1)
     health = client.get("/health").json()
     assert health["model_version"] == fingerprint(service["second"]) and "cannot load" in health["last_error"]
+    assert health["status"] == "degraded"
     assert client.get("/recommendations/1").status_code == 200
+
+    point(served, service["first"])  # a later good model clears the stale error
+    wait_for(lambda: version() == fingerprint(service["first"]))
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["last_error"] is None
 
 
 def test_cli_registers_serve_and_bench() -> None:

@@ -2,43 +2,59 @@
 
 Every response names the model version that produced it and, per item, the history item that explains it.
 Unknown users get popularity (GET) or their ad-hoc history (POST); a failure inside the model path degrades to
-popularity rather than a 500. Inputs are bounded (k, history length, id range) and rejected with 4xx.
+popularity rather than a 500. Inputs are bounded before they are parsed (body size, JSON nesting: see
+`middleware`), typed strictly (no "5" for an integer, no 0 for a boolean, no NaN) and bounded after (k, history
+length, id range); every error is one documented body (see `errors`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path, Query
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from recsys_core.schema import MAX_ID
+from recsys_core.serving.docs import mount_offline_docs
+from recsys_core.serving.errors import ERROR_RESPONSES, JSON_ERROR_REFS, install_error_handlers
+from recsys_core.serving.middleware import AccessLog, RequestBounds
 from recsys_core.serving.reload import ModelHolder, Reloader
 from recsys_core.serving.scorer import OnnxScorer, Recommendations
 
 log = logging.getLogger(__name__)
 
-MAX_ID = 2**62
+# A readiness check answers whether a dependency (the model, later the event store) can serve now.
+ReadinessCheck = Callable[[], bool]
 
 
 @dataclass(frozen=True)
 class Limits:
     max_k: int = 100
     max_history: int = 200
+    max_body_bytes: int = 65_536  # 200 history events take about 8 KB
+    max_json_depth: int = 10  # the request nests 3 deep
+
+
+STRICT = ConfigDict(strict=True, extra="forbid")
 
 
 class HistoryEvent(BaseModel):
+    model_config = STRICT
+
     item_id: int = Field(ge=0, le=MAX_ID)
-    rating: float = Field(default=1.0, ge=-100.0, le=100.0)
+    rating: float = Field(default=1.0, ge=-100.0, le=100.0, allow_inf_nan=False)
 
 
 class HistoryRequest(BaseModel):
+    model_config = STRICT
+
     user_id: int | None = Field(default=None, ge=0, le=MAX_ID, description="known users also use their stored history")
     history: list[HistoryEvent] = Field(default_factory=list, description="recent events, oldest first")
     k: int = Field(default=10, ge=1)
@@ -72,7 +88,7 @@ class SimilarResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str
+    status: Literal["ok", "degraded"] = Field(description="degraded: the last attempt to load a new model failed")
     model_version: str
     model_source: str
     loaded_at: float
@@ -82,6 +98,15 @@ class HealthResponse(BaseModel):
     swaps: int
     refused: int
     last_error: str | None
+
+
+class LiveResponse(BaseModel):
+    status: Literal["live"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, bool]
 
 
 def _response(scorer: OnnxScorer, version: str, recs: Recommendations) -> RecommendationResponse:
@@ -141,8 +166,12 @@ class PrometheusMiddleware:
             self.latency.labels(route=path).observe(time.perf_counter() - started)
 
 
-def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits()) -> FastAPI:
-    """The service around `holder`; the reloader (if any) starts and stops with the app."""
+def create_app(
+    holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits(),
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+) -> FastAPI:  # fmt: skip
+    """The service around `holder`; the reloader (if any) starts and stops with the app. `readiness` adds checks that
+    /health/ready requires besides a loaded model (e.g. the event store answering)."""
 
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
         if reloader is not None:
@@ -151,7 +180,10 @@ def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Li
         if reloader is not None:
             reloader.stop()
 
-    app = FastAPI(title="recsys", description=__doc__, version="1", lifespan=lifespan)
+    app = FastAPI(title="recsys", description=__doc__, version="1", lifespan=lifespan, responses=ERROR_RESPONSES,
+                  docs_url=None, redoc_url=None)  # fmt: skip
+    install_error_handlers(app)
+    mount_offline_docs(app)
     registry = CollectorRegistry()
     requests = Counter("recsys_http_requests", "HTTP requests", ["route", "method", "status"], registry=registry)
     latency = Histogram(
@@ -161,6 +193,8 @@ def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Li
     served = Counter("recsys_recommendations", "Recommendation responses by source", ["source"], registry=registry)
     registry.register(ModelCollector(holder))
     app.add_middleware(PrometheusMiddleware, requests=requests, latency=latency)
+    app.add_middleware(RequestBounds, max_body_bytes=limits.max_body_bytes, max_json_depth=limits.max_json_depth)
+    app.add_middleware(AccessLog)  # outermost: every answer, 413s included, gets a request id and a log line
 
     def check_k(k: int) -> None:
         if k > limits.max_k:
@@ -215,12 +249,29 @@ def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Li
     def health() -> HealthResponse:
         model = holder.current
         return HealthResponse(
-            status="ok", model_version=model.version, model_source=model.source, loaded_at=model.loaded_at,
+            status="degraded" if holder.last_error else "ok", model_version=model.version, model_source=model.source,
+            loaded_at=model.loaded_at,
             n_users=len(model.scorer.users), n_items=len(model.scorer.items), providers=model.scorer.providers,
             swaps=holder.swaps, refused=holder.refused, last_error=holder.last_error,
         )
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/health/live", response_model=LiveResponse)
+    def live() -> LiveResponse:
+        return LiveResponse(status="live")
+
+    @app.get("/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+    def ready() -> JSONResponse:
+        checks = {"model": holder.current is not None}
+        for name, check in (readiness or {}).items():
+            try:
+                checks[name] = bool(check())
+            except Exception:  # a dependency that cannot even answer is not ready
+                log.exception("readiness check %s failed", name)
+                checks[name] = False
+        body = ReadyResponse(status="ready" if all(checks.values()) else "not ready", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses=JSON_ERROR_REFS)
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

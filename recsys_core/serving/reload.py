@@ -130,6 +130,7 @@ class ModelHolder:
         with self._lock:
             self.current = model
             self.swaps += 1
+            self.last_error = None  # the failure it described is no longer what serves
 
 
 def load_validated(source: ModelSource, token: str, providers: str | list[str], threads: int = 0) -> ServedModel:

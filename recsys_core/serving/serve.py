@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from recsys_core.paths import recsys_home
 from recsys_core.serving.app import Limits, create_app
+from recsys_core.serving.middleware import access_log
 from recsys_core.serving.reload import DirectorySource, ModelHolder, ModelSource, RegistrySource, Reloader, load_validated
 from recsys_core.tracking import MlflowSettings
 
@@ -35,7 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime intra-op threads per request; 1 suits concurrent requests, 0 = all cores")
     parser.add_argument("--max-k", type=int, default=Limits.max_k)
     parser.add_argument("--max-history", type=int, default=Limits.max_history)
+    parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes, help="413 beyond")
+    parser.add_argument("--max-json-depth", type=int, default=Limits.max_json_depth, help="400 beyond")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                        help="one JSON line per request on stderr, with its request id")
     parser.add_argument("--log-level", default="warning")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    return Limits(max_k=args.max_k, max_history=args.max_history, max_body_bytes=args.max_body_bytes,
+                  max_json_depth=args.max_json_depth)  # fmt: skip
+
+
+def configure_access_log(enabled: bool) -> None:
+    """The access log goes to stderr at INFO whatever --log-level says; off, its lines are not even formatted."""
+    access_log.handlers.clear()
+    access_log.propagate = False
+    access_log.setLevel(logging.INFO if enabled else logging.WARNING)
+    if enabled:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
 
 
 def source_from_args(args: argparse.Namespace) -> ModelSource:
@@ -56,11 +77,10 @@ def build_service(
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_access_log(args.access_log)
     source = source_from_args(args)
     try:
-        app = build_service(
-            source, args.reload_interval, args.providers, Limits(max_k=args.max_k, max_history=args.max_history), args.threads
-        )
+        app = build_service(source, args.reload_interval, args.providers, limits_from_args(args), args.threads)
     except Exception as error:  # nothing to serve: say what and where, no traceback
         print(f"recsys serve: cannot serve {source.describe()}: {error}", file=sys.stderr)
         return 2
