@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, HTTPException, Path, Query
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, Field
 
+from recsys_core.serving.auth import ApiKeys
+from recsys_core.serving.events_api import LiveEvents, events_router
 from recsys_core.serving.reload import ModelHolder, Reloader
 from recsys_core.serving.scorer import OnnxScorer, Recommendations
 
@@ -141,8 +143,12 @@ class PrometheusMiddleware:
             self.latency.labels(route=path).observe(time.perf_counter() - started)
 
 
-def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits()) -> FastAPI:
-    """The service around `holder`; the reloader (if any) starts and stops with the app."""
+def create_app(
+    holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits(), live: LiveEvents | None = None,
+    keys: ApiKeys = ApiKeys(),
+) -> FastAPI:
+    """The service around `holder`; the reloader (if any) starts and stops with the app. With `live`, `POST /events`
+    stores events and `GET /recommendations/{user_id}` personalises from them."""
 
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
         if reloader is not None:
@@ -161,6 +167,22 @@ def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Li
     served = Counter("recsys_recommendations", "Recommendation responses by source", ["source"], registry=registry)
     registry.register(ModelCollector(holder))
     app.add_middleware(PrometheusMiddleware, requests=requests, latency=latency)
+    live_length = Histogram("recsys_live_history_length", "Live events in a GET recommendation's history", registry=registry,
+                            buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200))  # fmt: skip
+    if live is not None:
+        app.include_router(events_router(holder, live, keys, registry))
+
+    def live_history(scorer: OnnxScorer, user_id: int) -> tuple[list[int], list[float]]:
+        """Live events as history; a failing store degrades to the training history alone, never a 500."""
+        if live is None:
+            return [], []
+        try:
+            items, ratings = live.history(scorer, user_id)
+        except Exception:
+            log.exception("event store %s failed; user %s served from the training history", live.store.describe(), user_id)
+            return [], []
+        live_length.observe(len(items))
+        return items, ratings
 
     def check_k(k: int) -> None:
         if k > limits.max_k:
@@ -171,10 +193,15 @@ def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Li
         user_id: int = Path(ge=0, le=MAX_ID),
         k: int = Query(10, ge=1, le=limits.max_k),
         exclude_seen: bool = True,
+        key=Depends(keys.require("read")),  # noqa: ANN001, B008
     ) -> RecommendationResponse:
         model = holder.current
         try:
-            recs = model.scorer.recommend([user_id], k=k, exclude_seen=exclude_seen)[0]
+            items, ratings = live_history(model.scorer, user_id)
+            if items:  # training history + live events, both excluded from the results
+                recs = model.scorer.recommend_from_history(items, ratings, k=k, user_id=user_id, exclude_seen=exclude_seen)
+            else:
+                recs = model.scorer.recommend([user_id], k=k, exclude_seen=exclude_seen)[0]
         except Exception:  # degrade, never 500: the popularity list needs no model graph
             log.exception("model path failed for user %s; serving popularity", user_id)
             recs = model.scorer.popular(k, user_id=user_id)
@@ -182,7 +209,7 @@ def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Li
         return _response(model.scorer, model.version, recs)
 
     @app.post("/recommendations", response_model=RecommendationResponse)
-    def recommend_history(request: HistoryRequest) -> RecommendationResponse:
+    def recommend_history(request: HistoryRequest, key=Depends(keys.require("read"))) -> RecommendationResponse:  # noqa: ANN001, B008
         check_k(request.k)
         if len(request.history) > limits.max_history:
             raise HTTPException(422, f"history has {len(request.history)} events; the limit is {limits.max_history}")
@@ -203,7 +230,9 @@ def create_app(holder: ModelHolder, reloader: Reloader | None = None, limits: Li
         return _response(model.scorer, model.version, recs)
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse)
-    def similar(item_id: int = Path(ge=0, le=MAX_ID), k: int = Query(10, ge=1, le=limits.max_k)) -> SimilarResponse:
+    def similar(
+        item_id: int = Path(ge=0, le=MAX_ID), k: int = Query(10, ge=1, le=limits.max_k), key=Depends(keys.require("read"))  # noqa: ANN001, B008
+    ) -> SimilarResponse:
         model = holder.current
         if not model.scorer.items.contains([item_id])[0]:
             raise HTTPException(404, f"item {item_id} is not in the catalogue of model {model.version}")
