@@ -1,6 +1,7 @@
 """Sensors: new rating drops become partitions and runs; new data and new models trigger what follows."""
 
 import json
+import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -16,12 +17,16 @@ from dagster import (
     sensor,
 )
 
+from recsys_core.events.feedback import closed_windows
 from recsys_core.landing import list_landed_files
+from recsys_dagster.assets.events import event_windows
 from recsys_dagster.assets.ingestion import rating_drops
-from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_ratings
+from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_events, ingest_landed_ratings
 from recsys_dagster.resources.data_source import DataSourceResource
+from recsys_dagster.resources.event_store import EventStoreResource
 
 AB_REPORT = AssetKey("ab_report")
+WINDOW_GRACE_S = 60.0  # a window is landed this long after it closes: no append in flight can still join it
 
 
 @sensor(job=ingest_landed_ratings, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
@@ -43,12 +48,42 @@ def rating_drop_sensor(context: SensorEvaluationContext, data_source: DataSource
     )
 
 
-@asset_sensor(asset_key=AssetKey("landed_ratings"), job=full_pipeline, default_status=DefaultSensorStatus.RUNNING)
-def retrain_on_new_data(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest:
-    """A drop that landed is validated together with everything before it, and the model retrained on the result."""
-    partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
-    return RunRequest(run_key=f"landed:{asset_event.run_id}:{partition}", tags={"recsys/trigger": f"landed_ratings:{partition}"})
+@sensor(job=ingest_landed_events, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def event_window_sensor(context: SensorEvaluationContext, event_store: EventStoreResource) -> SensorResult | SkipReason:
+    """Each closed window of server receive time that holds events becomes one `landed_events` run.
 
+    Reads the store with its cursor (the last seq already assigned to a launched window): a restarted daemon resumes
+    after it, and the run key (the window) launches a partition at most once, so every event lands exactly once.
+    """
+    store = event_store.open()
+    try:
+        windows, after = closed_windows(store, int(context.cursor or 0), time.time(), WINDOW_GRACE_S)
+    finally:
+        store.close()
+    if not windows:
+        return SkipReason(f"no closed window with events after seq {context.cursor or 0}")
+    known = set(context.instance.get_dynamic_partitions(event_windows.name))
+    added = [key for key in windows if key not in known]
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f"events:{key}", partition_key=key, tags={"recsys/events": str(n)}) for key, n in windows.items()],
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest(event_windows.name, added)] if added else [],
+        cursor=str(after),
+    )
+
+
+def _retrain_on(asset_key: str, name: str):  # noqa: ANN202 - a sensor definition
+    @asset_sensor(asset_key=AssetKey(asset_key), name=name, job=full_pipeline,
+                  default_status=DefaultSensorStatus.RUNNING)  # fmt: skip
+    def retrain(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest:
+        """New landed data is validated together with everything before it, and the model retrained on the result."""
+        partition = asset_event.dagster_event.partition if asset_event.dagster_event else None
+        return RunRequest(run_key=f"landed:{asset_event.run_id}:{partition}", tags={"recsys/trigger": f"{asset_key}:{partition}"})
+
+    return retrain
+
+
+retrain_on_new_data = _retrain_on("landed_ratings", "retrain_on_new_data")
+retrain_on_new_events = _retrain_on("landed_events", "retrain_on_new_events")
 
 
 @asset_sensor(asset_key=AssetKey("onnx_model"), job=ab_evaluation, default_status=DefaultSensorStatus.RUNNING)
@@ -60,4 +95,4 @@ def ab_report_on_new_model(context: SensorEvaluationContext, asset_event: EventL
     return RunRequest(run_key=f"ab:{asset_event.run_id}", tags={"recsys/trigger": f"onnx_model:{asset_event.run_id}"})
 
 
-SENSORS = [rating_drop_sensor, retrain_on_new_data, ab_report_on_new_model]
+SENSORS = [rating_drop_sensor, event_window_sensor, retrain_on_new_data, retrain_on_new_events, ab_report_on_new_model]
