@@ -8,6 +8,7 @@ import pytest
 from recsys_core.events import Event, EventStore, open_store
 from recsys_core.events.redis_process import RedisServer
 
+pytestmark = pytest.mark.slow  # real redis-server / uvicorn processes
 CAP = 4
 
 
