@@ -12,6 +12,7 @@ before the reply) but may lose up to about a second of acknowledged events on a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import redis
@@ -55,10 +56,13 @@ def _payload(e: Event) -> str:
     return json.dumps([e.event_id, e.user_id, e.item_id, e.type, e.timestamp, e.value, e.request_id], separators=(",", ":"))
 
 
-def _event(stream_id: str, payload: str) -> Event:
-    event_id, user_id, item_id, type_, timestamp, value, request_id = json.loads(payload)
+def _stamped(event: Event, stream_id: str) -> Event:
     seq = _seq(stream_id)
-    return Event(event_id, user_id, item_id, type_, timestamp, value, request_id, (seq >> SEQ_BITS) / 1000.0, seq)
+    return dataclasses.replace(event, received_at=(seq >> SEQ_BITS) / 1000.0, seq=seq)
+
+
+def _event(stream_id: str, payload: str) -> Event:
+    return _stamped(Event(*json.loads(payload)), stream_id)
 
 
 class RedisEventStore(EventStore):
@@ -77,7 +81,7 @@ class RedisEventStore(EventStore):
         for e in events:
             argv += [e.event_id, e.user_id, _payload(e), "1" if e.type in self.history_types else "0"]
         ids = self._append(keys=[self.prefix, f"{self.prefix}:ids"], args=argv)
-        stored = [_event(stream_id, _payload(e)) for stream_id, e in zip(ids, events) if stream_id]
+        stored = [_stamped(e, stream_id) for stream_id, e in zip(ids, events) if stream_id]
         return AppendResult(stored, len(events) - len(stored))
 
     def read(self, after: int = 0, limit: int = PAGE) -> list[Event]:
