@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
 
-from recsys_core.bench.serving import free_port, random_ratings
+from recsys_core.bench.serving import build_random_bundle, free_port, random_ratings
+from recsys_core.export import export_onnx
 from recsys_core.events import open_store
 from recsys_core.events.feedback import events_to_ratings, window_key
 from recsys_core.events.redis_process import RedisServer
@@ -24,17 +25,24 @@ from recsys_core.validation import RatingRules, combine_rating_sources, validate
 from recsys_dagster.assets.events import landed_events
 from recsys_dagster.resources.event_store import EventStoreResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
-from test_serving import N_ITEMS, N_USERS, export_model, wait_for
+from test_serving import ITEMS, N_ITEMS, N_USERS, wait_for
 
 pytestmark = pytest.mark.slow  # real redis-server / uvicorn processes
 WRITE, READ = "write-key-for-tests", "read-key-for-tests"
 WRITER = {"Authorization": f"Bearer {WRITE}"}
+TRAINED_UNTIL = 900_000_000  # random_ratings draws timestamps below this
 KNOWN_USER, NEW_USER = int(random_ratings(N_USERS, N_ITEMS, per_user=10, seed=1)["user_id"].iloc[0]), 900_001
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_model(tmp_path_factory.mktemp("events-model"), 1)
+    """The serving test's model, exported with the training cut-off the trained_model asset records."""
+    root = tmp_path_factory.mktemp("events-model")
+    ratings = random_ratings(N_USERS, N_ITEMS, per_user=10, seed=1)
+    model_dir = build_random_bundle(root / "model", ratings, np.arange(1, N_ITEMS + 1), dim=16, history_len=8, seed=1)
+    (model_dir / "training.json").write_text(json.dumps({"trained_until": TRAINED_UNTIL}))
+    assert export_onnx(model_dir, root / "onnx", ITEMS)["trained_until"] == TRAINED_UNTIL
+    return root / "onnx"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -92,17 +100,20 @@ def test_events_change_the_next_recommendations_and_land_validated(service: dict
     batch = [
         {"event_id": "k1", "user_id": KNOWN_USER, "item_id": clicked, "type": "click", "request_id": "req-1"},
         {"event_id": "k2", "user_id": KNOWN_USER, "item_id": ids(known_before)[1], "type": "impression", "request_id": "req-1"},
+        {"event_id": "k3", "user_id": KNOWN_USER, "item_id": ids(known_before)[2], "type": "click", "timestamp": TRAINED_UNTIL - 10},
         {"event_id": "n1", "user_id": NEW_USER, "item_id": rated[0], "type": "rating", "value": 5, "timestamp": started - 5},
         {"event_id": "n2", "user_id": NEW_USER, "item_id": rated[1], "type": "purchase"},
     ]
     response = client.post("/events", json={"events": batch}, headers=WRITER)
-    assert response.status_code == 200 and response.json() == {"received": 4, "stored": 4, "duplicates": 0}, response.text
+    assert response.status_code == 200 and response.json() == {"received": 5, "stored": 5, "duplicates": 0}, response.text
     retry = client.post("/events", json={"events": batch}, headers={"X-API-Key": WRITE})
-    assert retry.json() == {"received": 4, "stored": 0, "duplicates": 4}
+    assert retry.json() == {"received": 5, "stored": 0, "duplicates": 5}
 
     known_after, new_after = recommended(client, KNOWN_USER), recommended(client, NEW_USER)  # read-your-writes
     assert known_after["source"] == "model" and ids(known_after) != ids(known_before) and clicked not in ids(known_after)
-    assert ids(known_before)[1] in ids(known_after)  # an impression is not a history event
+    # Only the click counts (as rating 4): impressions are no history, k3 is older than the training cut-off.
+    same = client.post("/recommendations", json={"user_id": KNOWN_USER, "history": [{"item_id": clicked, "rating": 4.0}], "k": 10})
+    assert ids(same.json()) == ids(known_after)
     assert new_after["source"] == "history" and ids(new_after) != ids(new_before) and not set(rated) & set(ids(new_after))
     assert {item["reason"]["item_id"] for item in new_after["items"]} <= set(rated)
 
@@ -113,11 +124,12 @@ def test_events_change_the_next_recommendations_and_land_validated(service: dict
         frames = [materialize([landed_events], partition_key=w, resources=resources, instance=instance).output_for_node("landed_events")
                   for w in windows]  # fmt: skip
     landed = pd.concat(frames, ignore_index=True)
-    assert sorted(landed["event_id"]) == ["k1", "k2", "n1", "n2"]
-    assert landed.set_index("event_id")["rating"].to_dict() == pytest.approx({"k1": 4.0, "k2": np.nan, "n1": 5.0, "n2": 5.0}, nan_ok=True)
+    assert sorted(landed["event_id"]) == ["k1", "k2", "k3", "n1", "n2"]
+    assert landed.set_index("event_id")["rating"].to_dict() == pytest.approx(
+        {"k1": 4.0, "k2": np.nan, "k3": 4.0, "n1": 5.0, "n2": 5.0}, nan_ok=True)
     assert landed.set_index("event_id").loc["k2", "request_id"] == "req-1"
     outcome = validate_ratings(combine_rating_sources({"events": events_to_ratings(landed)}), service["items"], RatingRules())
-    assert len(outcome.rejected) == 0 and len(outcome.valid) == 3 and outcome.report.schema_ok
+    assert len(outcome.rejected) == 0 and len(outcome.valid) == 4 and outcome.report.schema_ok
 
 
 def good(**changes) -> dict:
