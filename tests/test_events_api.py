@@ -2,9 +2,6 @@
 recommendations that change without retraining, bad input refused, and the landed events validated."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,8 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
 
-from recsys_core.bench.serving import build_random_bundle, free_port, random_ratings
+from recsys_core.bench.events import Service
+from recsys_core.bench.serving import build_random_bundle, random_ratings
 from recsys_core.export import export_onnx
 from recsys_core.events import open_store
 from recsys_core.events.feedback import events_to_ratings, window_key
@@ -25,7 +23,7 @@ from recsys_core.validation import RatingRules, combine_rating_sources, validate
 from recsys_dagster.assets.events import landed_events
 from recsys_dagster.resources.event_store import EventStoreResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
-from test_serving import ITEMS, N_ITEMS, N_USERS, wait_for
+from test_serving import ITEMS, N_ITEMS, N_USERS
 
 pytestmark = pytest.mark.slow  # real redis-server / uvicorn processes
 WRITE, READ = "write-key-for-tests", "read-key-for-tests"
@@ -50,33 +48,13 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp(f"events-{request.param}")
     redis = RedisServer(root / "redis").start() if request.param == "redis" else None
     url = redis.url if redis else f"sqlite:///{root / 'events.sqlite'}"
-    keys = root / "keys.json"
-    keys.write_text(json.dumps({"keys": [{"name": "writer", "sha256": hash_key(WRITE), "scopes": ["write"]},
-                                         {"name": "reader", "sha256": hash_key(READ), "scopes": ["read"]}]}))  # fmt: skip
-    port = free_port()
-    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model), "--port", str(port),
-               "--reload-interval", "0", "--providers", "cpu", "--event-store", url, "--api-keys", str(keys),
-               "--max-batch", "50"]  # fmt: skip
-    log_path = root / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RECSYS_HOME": str(root)})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-
-    def healthy() -> bool:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-        try:
-            return client.get("/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    service = Service(model, url, root, {WRITE: ["write"], READ: ["read"]}, "--max-batch", "50").start()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{service.port}", timeout=10)
     try:
-        wait_for(healthy)
         yield {"client": client, "url": url, "root": root, "items": np.arange(1, N_ITEMS + 1)}
     finally:
         client.close()
-        server.terminate()
-        server.wait(timeout=20)
+        service.stop()
         if redis:
             redis.stop()
 

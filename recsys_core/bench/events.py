@@ -51,13 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Service:
     """`recsys serve` in a subprocess on a fixed port, so it can be SIGKILLed and started again on the same store."""
 
-    def __init__(self, model_dir: Path, store_url: str, workdir: Path) -> None:
+    def __init__(
+        self, model_dir: Path, store_url: str, workdir: Path, keys: dict[str, list[str]] | None = None, *extra: str
+    ) -> None:
+        """`keys`: clear key -> scopes (hashed into the keys file); default the bench's write key."""
         self.port, self.workdir, self.process = free_port(), workdir, None
-        keys = workdir / "keys.json"
-        keys.write_text(json.dumps({"keys": [{"name": "bench", "sha256": hash_key(KEY), "scopes": ["write"]}]}))
+        keys_file = workdir / "keys.json"
+        entries = [{"name": f"key{i}", "sha256": hash_key(key), "scopes": scopes}
+                   for i, (key, scopes) in enumerate((keys or {KEY: ["write"]}).items())]  # fmt: skip
+        keys_file.write_text(json.dumps({"keys": entries}))
         self.command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port",
                         str(self.port), "--reload-interval", "0", "--providers", "cpu", "--event-store", store_url,
-                        "--api-keys", str(keys)]  # fmt: skip
+                        "--api-keys", str(keys_file), *extra]  # fmt: skip
 
     def start(self) -> Service:
         with (self.workdir / "server.log").open("a") as log:
