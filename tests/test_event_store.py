@@ -1,11 +1,13 @@
 """The event-store contract, run against both backends: a real SQLite file and a real redis-server on 127.0.0.1."""
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from recsys_core.events import Event, EventStore, open_store
+from recsys_core.events.group_commit import GroupCommitter
 from recsys_core.events.redis_process import RedisServer
 
 pytestmark = pytest.mark.slow  # real redis-server / uvicorn processes
@@ -90,3 +92,16 @@ def test_cursor_reads_have_no_gap_and_no_duplicate_across_a_restart(backend) -> 
 def test_unknown_store_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="expected sqlite:///PATH or redis://"):
         open_store("postgres://nowhere")
+
+
+def test_group_commit_merges_concurrent_batches_and_attributes_each_event_once(backend) -> None:
+    store = store_for(backend[0])
+    committer = GroupCommitter(store)
+
+    async def concurrently() -> list:
+        return await asyncio.gather(*(committer.append(batch) for batch in ([event(1), event(2)], [event(2), event(3)], [event(3), event(3)])))
+
+    results = asyncio.run(concurrently())
+    assert [([e.event_id for e in r.stored], r.duplicates) for r in results] == [(["e1", "e2"], 0), (["e3"], 1), ([], 2)]
+    assert [e.event_id for e in store.read()] == ["e1", "e2", "e3"]
+    store.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
+from fastapi.testclient import TestClient
 
 from recsys_core.bench.events import Service
 from recsys_core.bench.serving import build_random_bundle, random_ratings
@@ -18,7 +19,9 @@ from recsys_core.export import export_onnx
 from recsys_core.events import open_store
 from recsys_core.events.feedback import events_to_ratings, window_key
 from recsys_core.events.redis_process import RedisServer
+from recsys_core.serving.app import create_app
 from recsys_core.serving.auth import ApiKeys, hash_key
+from recsys_core.serving.reload import DirectorySource, ModelHolder, load_validated
 from recsys_core.validation import RatingRules, combine_rating_sources, validate_ratings
 from recsys_dagster.assets.events import landed_events
 from recsys_dagster.resources.event_store import EventStoreResource
@@ -159,11 +162,19 @@ def test_event_metrics(service: dict) -> None:
     assert "recsys_event_store_write_seconds_count" in text and "recsys_live_history_length_bucket" in text
 
 
-def test_keys_file_is_checked_and_reads_can_require_a_key(tmp_path: Path) -> None:
+def test_keys_file_is_checked_and_reads_can_require_a_key(tmp_path: Path, model: Path) -> None:
     bad = tmp_path / "keys.json"
     bad.write_text(json.dumps({"keys": [{"name": "x", "sha256": "not-a-hash", "scopes": ["write"]}]}))
     with pytest.raises(ValueError, match=r"keys.json: keys\[0\]"):
         ApiKeys.from_file(bad)
-    bad.write_text(json.dumps({"read_requires_key": True, "keys": [{"name": "r", "sha256": hash_key(READ), "scopes": ["read"]}]}))
-    keys = ApiKeys.from_file(bad)
-    assert keys.read_requires_key and keys.by_hash[hash_key(READ)].name == "r" and READ not in bad.read_text()
+    keys_file = tmp_path / "keys-ok.json"
+    keys_file.write_text(json.dumps({"read_requires_key": True, "keys": [{"name": "r", "sha256": hash_key(READ), "scopes": ["read"]},
+                                                                         {"name": "w", "sha256": hash_key(WRITE), "scopes": ["write"]}]}))  # fmt: skip
+    source = DirectorySource(model)
+    app = create_app(ModelHolder(load_validated(source, source.current_token(), "cpu", 1)), keys=ApiKeys.from_file(keys_file))
+    with TestClient(app) as client:  # in-process ASGI: the same app uvicorn serves
+        assert client.get("/recommendations/1").status_code == 401
+        assert client.get("/recommendations/1", headers={"X-API-Key": READ}).status_code == 200
+        assert client.get("/recommendations/1", headers={"X-API-Key": WRITE}).status_code == 403
+        assert client.get("/health").status_code == 200  # health stays open for probes
+        assert client.post("/events", json={"events": []}, headers={"X-API-Key": WRITE}).status_code == 404  # no store: no route
