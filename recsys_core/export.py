@@ -139,6 +139,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, items: pd.DataFrame 
         "history_len": bundle.config.history_len,
         "export_seconds": round(time.perf_counter() - started, 3),
     }
+    training = model_dir / "training.json"  # written by the trained_model asset
+    if training.exists() and "trained_until" in (facts := json.loads(training.read_text())):
+        manifest["trained_until"] = facts["trained_until"]  # live events after it are the serving-time history
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
 

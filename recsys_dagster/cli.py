@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "experiments"): "recsys_core.bench.experiments",
     ("experiments",): "recsys_core.experiments.command",
     ("simulate",): "recsys_core.experiments.simulate_command",
+    ("bench", "events"): "recsys_core.bench.events",
 }
 
 

@@ -6,7 +6,9 @@ from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, d
 
 from recsys_dagster.checks import model_newer_than_data
 
-LANDED = AssetSelection.assets("landed_ratings")
+LANDED_RATINGS = AssetSelection.assets("landed_ratings")
+LANDED_EVENTS = AssetSelection.assets("landed_events")
+LANDED = LANDED_RATINGS | LANDED_EVENTS  # partitioned: each partition is its own run
 ONLINE = AssetSelection.groups("experiments")  # one partition per experiment, run by its own sensor
 # Runs that retrain carry this tag; the instance runs at most one of them at a time (dagster.yaml).
 RETRAIN_TAG = "recsys/retrain"
@@ -19,14 +21,20 @@ ingest_and_validate = define_asset_job(
 
 ingest_landed_ratings = define_asset_job(
     "ingest_landed_ratings",
-    selection=LANDED,
+    selection=LANDED_RATINGS,
     description="Read one rating drop from the landing folder (one partition per file).",
+)
+
+ingest_landed_events = define_asset_job(
+    "ingest_landed_events",
+    selection=LANDED_EVENTS,
+    description="Land one closed window of live events from the event store (one hourly partition per window).",
 )
 
 full_pipeline = define_asset_job(
     "full_pipeline",
     selection=AssetSelection.all() - LANDED - ONLINE,
-    description="Every asset, from ingestion to the A/B report (landed drops are read as they are).",
+    description="Every asset, from ingestion to the A/B report (landed drops and event windows are read as they are).",
     tags={RETRAIN_TAG: "true"},
 )
 
@@ -52,5 +60,5 @@ nightly_retrain = ScheduleDefinition(
     description="Re-ingest, validate and retrain every night; the A/B report decides whether the new model is promoted.",
 )
 
-JOBS = [ingest_and_validate, ingest_landed_ratings, train_and_evaluate, full_pipeline, ab_evaluation]
+JOBS = [ingest_and_validate, ingest_landed_ratings, ingest_landed_events, train_and_evaluate, full_pipeline, ab_evaluation]
 SCHEDULES = [nightly_retrain]

@@ -1,6 +1,7 @@
 """Sensors: new rating drops become partitions and runs; new data and new models trigger what follows."""
 
 import json
+import time
 
 from dagster import (
     AddDynamicPartitionsRequest,
@@ -19,14 +20,17 @@ from dagster import (
     sensor,
 )
 
+from recsys_core.events.feedback import closed_windows
 from recsys_core.landing import list_landed_files
+from recsys_dagster.assets.events import event_windows
 from recsys_dagster.assets.ingestion import rating_drops
-from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_ratings
+from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_events, ingest_landed_ratings
 from recsys_dagster.resources.data_source import DataSourceResource
+from recsys_dagster.resources.event_store import EventStoreResource
 
 AB_REPORT = AssetKey("ab_report")
-LANDED_RATINGS = AssetKey("landed_ratings")
 UNFINISHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+WINDOW_GRACE_S = 60.0  # a window is landed this long after it closes: no append in flight can still join it
 
 
 @sensor(job=ingest_landed_ratings, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
@@ -51,31 +55,61 @@ def rating_drop_sensor(context: SensorEvaluationContext, data_source: DataSource
     )
 
 
-@sensor(job=full_pipeline, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
-def retrain_on_new_data(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-    """Drops that landed since the last retrain are validated together with everything before them and the model is
-    retrained once: while any drop's ingestion is still queued or running the burst is not over, so it waits, and
-    then one run covers every drop (seven drops at once used to start seven retrains on a 2-core machine).
+@sensor(job=ingest_landed_events, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def event_window_sensor(context: SensorEvaluationContext, event_store: EventStoreResource) -> SensorResult | SkipReason:
+    """Each closed window of server receive time that holds events becomes one `landed_events` run.
 
-    The cursor is the storage id of the last landed materialisation a retrain was requested for.
+    Reads the store with its cursor (the last seq already assigned to a launched window): a restarted daemon resumes
+    after it, and the run key (the window) launches a partition at most once, so every event lands exactly once.
     """
-    after = int(context.cursor) if context.cursor and context.cursor.isdigit() else None
-    landed = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=LANDED_RATINGS, after_storage_id=after), limit=10_000, ascending=True
-    ).records
-    if not landed:
-        return SkipReason("no drop landed since the last retrain")
-    busy = context.instance.get_run_records(RunsFilter(job_name=ingest_landed_ratings.name, statuses=UNFINISHED))
-    if busy:
-        return SkipReason(f"{len(busy)} landing ingestion run(s) unfinished: one retrain follows the whole burst")
-    names = sorted({r.partition_key for r in landed if r.partition_key})
-    trigger = names[0] if len(names) == 1 else f"{len(names)} drops: {', '.join(names[:5])}" + (", ..." if len(names) > 5 else "")
-    last = landed[-1].storage_id
+    store = event_store.open()
+    try:
+        windows, after = closed_windows(store, int(context.cursor or 0), time.time(), WINDOW_GRACE_S)
+    finally:
+        store.close()
+    if not windows:
+        return SkipReason(f"no closed window with events after seq {context.cursor or 0}")
+    known = set(context.instance.get_dynamic_partitions(event_windows.name))
+    added = [key for key in windows if key not in known]
     return SensorResult(
-        run_requests=[RunRequest(run_key=f"landed:{last}", tags={"recsys/trigger": f"landed_ratings:{trigger}"})],
-        cursor=str(last),
+        run_requests=[RunRequest(run_key=f"events:{key}", partition_key=key, tags={"recsys/events": str(n)}) for key, n in windows.items()],
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest(event_windows.name, added)] if added else [],
+        cursor=str(after),
     )
 
+
+def _retrain_after_burst(asset_key: str, ingest_job: str, name: str, noun: str):  # noqa: ANN202 - a sensor
+    @sensor(name=name, job=full_pipeline, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+    def retrain(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        """Partitions of `asset_key` landed since the last retrain are validated together with everything before them
+        and the model is retrained once: while any of their ingestion runs is still queued or running the burst is
+        not over, so it waits, and then one run covers them all (seven drops at once used to start seven retrains on
+        a 2-core machine).
+
+        The cursor is the storage id of the last landed materialisation a retrain was requested for.
+        """
+        after = int(context.cursor) if context.cursor and context.cursor.isdigit() else None
+        landed = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset_key), after_storage_id=after), limit=10_000, ascending=True
+        ).records
+        if not landed:
+            return SkipReason(f"no {asset_key} partition landed since the last retrain")
+        busy = context.instance.get_run_records(RunsFilter(job_name=ingest_job, statuses=UNFINISHED))
+        if busy:
+            return SkipReason(f"{len(busy)} {ingest_job} run(s) unfinished: one retrain follows the whole burst")
+        names = sorted({r.partition_key for r in landed if r.partition_key})
+        trigger = names[0] if len(names) == 1 else f"{len(names)} {noun}: {', '.join(names[:5])}" + (", ..." if len(names) > 5 else "")
+        last = landed[-1].storage_id
+        return SensorResult(
+            run_requests=[RunRequest(run_key=f"landed:{last}", tags={"recsys/trigger": f"{asset_key}:{trigger}"})],
+            cursor=str(last),
+        )
+
+    return retrain
+
+
+retrain_on_new_data = _retrain_after_burst("landed_ratings", ingest_landed_ratings.name, "retrain_on_new_data", "drops")
+retrain_on_new_events = _retrain_after_burst("landed_events", ingest_landed_events.name, "retrain_on_new_events", "windows")
 
 
 @asset_sensor(asset_key=AssetKey("onnx_model"), job=ab_evaluation, default_status=DefaultSensorStatus.RUNNING)
@@ -87,4 +121,4 @@ def ab_report_on_new_model(context: SensorEvaluationContext, asset_event: EventL
     return RunRequest(run_key=f"ab:{asset_event.run_id}", tags={"recsys/trigger": f"onnx_model:{asset_event.run_id}"})
 
 
-SENSORS = [rating_drop_sensor, retrain_on_new_data, ab_report_on_new_model]
+SENSORS = [rating_drop_sensor, event_window_sensor, retrain_on_new_data, retrain_on_new_events, ab_report_on_new_model]

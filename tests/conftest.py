@@ -28,7 +28,7 @@ def movielens_100k() -> Path:
 @pytest.fixture
 def redis_server(tmp_path: Path):
     """A real redis-server on a free 127.0.0.1 port (AOF, fsync always), stopped after the test."""
-    from servers import RedisServer
+    from recsys_core.events.redis_process import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()
     try:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, HTTPException, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,6 +25,8 @@ from recsys_core.schema import MAX_ID
 from recsys_core.serving.docs import mount_offline_docs
 from recsys_core.serving.errors import ERROR_RESPONSES, JSON_ERROR_REFS, install_error_handlers
 from recsys_core.serving.middleware import AccessLog, RequestBounds
+from recsys_core.serving.auth import ApiKeys
+from recsys_core.serving.events_api import LiveEvents, events_router
 from recsys_core.serving.reload import ModelHolder, Reloader
 from recsys_core.serving.scorer import OnnxScorer, Recommendations
 
@@ -167,11 +169,12 @@ class PrometheusMiddleware:
 
 
 def create_app(
-    holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits(),
-    readiness: Mapping[str, ReadinessCheck] | None = None,
-) -> FastAPI:  # fmt: skip
-    """The service around `holder`; the reloader (if any) starts and stops with the app. `readiness` adds checks that
-    /health/ready requires besides a loaded model (e.g. the event store answering)."""
+    holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits(), live: LiveEvents | None = None,
+    keys: ApiKeys = ApiKeys(), readiness: Mapping[str, ReadinessCheck] | None = None,
+) -> FastAPI:
+    """The service around `holder`; the reloader (if any) starts and stops with the app. With `live`, `POST /events`
+    stores events and `GET /recommendations/{user_id}` personalises from them. `readiness` adds checks that
+    /health/ready requires besides a loaded model; with `live`, the event store answering is one of them."""
 
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
         if reloader is not None:
@@ -195,6 +198,24 @@ def create_app(
     app.add_middleware(PrometheusMiddleware, requests=requests, latency=latency)
     app.add_middleware(RequestBounds, max_body_bytes=limits.max_body_bytes, max_json_depth=limits.max_json_depth)
     app.add_middleware(AccessLog)  # outermost: every answer, 413s included, gets a request id and a log line
+    live_length = Histogram("recsys_live_history_length", "Live events in a GET recommendation's history", registry=registry,
+                            buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200))  # fmt: skip
+    if live is not None:
+        app.include_router(events_router(holder, live, keys, registry))
+
+    def live_history(scorer: OnnxScorer, user_id: int) -> tuple[list[int], list[float]]:
+        """Live events as history; a failing store degrades to the training history alone, never a 500."""
+        if live is None:
+            return [], []
+        try:
+            items, ratings = live.history(scorer, user_id)
+        except Exception:
+            log.exception("event store %s failed; user %s served from the training history", live.store.describe(), user_id)
+            return [], []
+        live_length.observe(len(items))
+        return items, ratings
+
+    dependencies = {**({"event_store": live.store.ping} if live is not None else {}), **(readiness or {})}
 
     def check_k(k: int) -> None:
         if k > limits.max_k:
@@ -205,10 +226,15 @@ def create_app(
         user_id: int = Path(ge=0, le=MAX_ID),
         k: int = Query(10, ge=1, le=limits.max_k),
         exclude_seen: bool = True,
+        key=Depends(keys.require("read")),  # noqa: ANN001, B008
     ) -> RecommendationResponse:
         model = holder.current
         try:
-            recs = model.scorer.recommend([user_id], k=k, exclude_seen=exclude_seen)[0]
+            items, ratings = live_history(model.scorer, user_id)
+            if items:  # training history + live events, both excluded from the results
+                recs = model.scorer.recommend_from_history(items, ratings, k=k, user_id=user_id, exclude_seen=exclude_seen)
+            else:
+                recs = model.scorer.recommend([user_id], k=k, exclude_seen=exclude_seen)[0]
         except Exception:  # degrade, never 500: the popularity list needs no model graph
             log.exception("model path failed for user %s; serving popularity", user_id)
             recs = model.scorer.popular(k, user_id=user_id)
@@ -216,7 +242,7 @@ def create_app(
         return _response(model.scorer, model.version, recs)
 
     @app.post("/recommendations", response_model=RecommendationResponse)
-    def recommend_history(request: HistoryRequest) -> RecommendationResponse:
+    def recommend_history(request: HistoryRequest, key=Depends(keys.require("read"))) -> RecommendationResponse:  # noqa: ANN001, B008
         check_k(request.k)
         if len(request.history) > limits.max_history:
             raise HTTPException(422, f"history has {len(request.history)} events; the limit is {limits.max_history}")
@@ -237,7 +263,9 @@ def create_app(
         return _response(model.scorer, model.version, recs)
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse)
-    def similar(item_id: int = Path(ge=0, le=MAX_ID), k: int = Query(10, ge=1, le=limits.max_k)) -> SimilarResponse:
+    def similar(
+        item_id: int = Path(ge=0, le=MAX_ID), k: int = Query(10, ge=1, le=limits.max_k), key=Depends(keys.require("read"))  # noqa: ANN001, B008
+    ) -> SimilarResponse:
         model = holder.current
         if not model.scorer.items.contains([item_id])[0]:
             raise HTTPException(404, f"item {item_id} is not in the catalogue of model {model.version}")
@@ -256,13 +284,13 @@ def create_app(
         )
 
     @app.get("/health/live", response_model=LiveResponse)
-    def live() -> LiveResponse:
+    def liveness() -> LiveResponse:
         return LiveResponse(status="live")
 
     @app.get("/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     def ready() -> JSONResponse:
         checks = {"model": holder.current is not None}
-        for name, check in (readiness or {}).items():
+        for name, check in dependencies.items():
             try:
                 checks[name] = bool(check())
             except Exception:  # a dependency that cannot even answer is not ready

@@ -14,8 +14,11 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from recsys_core.events import EventMapping, EventRules, open_store
 from recsys_core.paths import recsys_home
 from recsys_core.serving.app import Limits, create_app
+from recsys_core.serving.auth import ApiKeys
+from recsys_core.serving.events_api import LiveEvents
 from recsys_core.serving.middleware import access_log
 from recsys_core.serving.reload import DirectorySource, ModelHolder, ModelSource, RegistrySource, Reloader, load_validated
 from recsys_core.tracking import MlflowSettings
@@ -40,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-json-depth", type=int, default=Limits.max_json_depth, help="400 beyond")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="one JSON line per request on stderr, with its request id")
+    parser.add_argument("--event-store", default="", help="sqlite:///PATH or redis://HOST:PORT/DB; default "
+                        "$RECSYS_EVENT_STORE, else SQLite at $RECSYS_HOME/events.sqlite; 'off' disables POST /events")
+    parser.add_argument("--api-keys", default="", help="JSON file of API key hashes and scopes; default $RECSYS_API_KEYS_FILE")
+    parser.add_argument("--max-batch", type=int, default=EventRules.max_batch, help="events per POST /events")
     parser.add_argument("--log-level", default="warning")
 
 
@@ -66,13 +73,24 @@ def source_from_args(args: argparse.Namespace) -> ModelSource:
     return RegistrySource(settings, args.registry_alias, recsys_home() / "cache" / "served_models")
 
 
+def open_live_events(url: str, max_batch: int, history_len: int) -> LiveEvents | None:
+    """The event store the service writes to; its per-user cap covers the served model's history."""
+    if url == "off":
+        return None
+    mapping = EventMapping()
+    store = open_store(url, history_cap=max(200, history_len), history_types=mapping.rated_types)
+    return LiveEvents(store, EventRules(max_batch=max_batch), mapping)
+
+
 def build_service(
-    source: ModelSource, reload_interval: float = 10.0, providers: str = "auto", limits: Limits = Limits(), threads: int = 1
-) -> FastAPI:
-    """Loads and validates the first model (fails loudly when it cannot serve), then wires the reloader."""
+    source: ModelSource, reload_interval: float = 10.0, providers: str = "auto", limits: Limits = Limits(), threads: int = 1,
+    event_store: str = "", api_keys: str = "", max_batch: int = EventRules.max_batch,
+) -> FastAPI:  # fmt: skip
+    """Loads and validates the first model (fails loudly when it cannot serve), then wires the reloader and events."""
     holder = ModelHolder(load_validated(source, source.current_token(), providers, threads))
     reloader = Reloader(holder, source, reload_interval, providers, threads)
-    return create_app(holder, reloader, limits)
+    live = open_live_events(event_store, max_batch, holder.current.scorer.history_len)
+    return create_app(holder, reloader, limits, live, ApiKeys.from_env(api_keys))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
     configure_access_log(args.access_log)
     source = source_from_args(args)
     try:
-        app = build_service(source, args.reload_interval, args.providers, limits_from_args(args), args.threads)
+        app = build_service(
+            source, args.reload_interval, args.providers, limits_from_args(args), args.threads,
+            args.event_store, args.api_keys, args.max_batch,
+        )
     except Exception as error:  # nothing to serve: say what and where, no traceback
         print(f"recsys serve: cannot serve {source.describe()}: {error}", file=sys.stderr)
         return 2

@@ -123,6 +123,7 @@ def trained_model(
         "best_epoch": result.best_epoch,
         "train_seconds": result.train_seconds,
         "n_parameters": n_parameters,
+        "trained_until": int(train_ratings["timestamp"].max()),  # serving adds live events newer than this
     }
     (model_dir / "training.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     context.log.info(f"trained in {result.train_seconds:.1f}s, best epoch {result.best_epoch}, MLflow run {run_id}")

@@ -18,6 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from recsys_core.events import events_to_ratings
 from recsys_core.paths import recsys_home
 from recsys_core.validation import (
     ItemRules,
@@ -115,7 +116,10 @@ def validate_item_catalogue(context: AssetExecutionContext, config: ValidationCo
         "validated_ratings": AssetOut(description="Ratings that passed the rating suite, canonical dtypes.", kinds={"pandas"}),
         "rejected_ratings": AssetOut(description="Quarantined rating rows, each with the expectations it failed.", kinds={"pandas"}),
     },
-    ins={"landed_ratings": AssetIn(metadata={"allow_missing_partitions": True})},
+    ins={
+        "landed_ratings": AssetIn(metadata={"allow_missing_partitions": True}),
+        "landed_events": AssetIn(metadata={"allow_missing_partitions": True}),
+    },
     check_specs=_check_specs("validated_ratings"),
 )
 def validate_rating_log(
@@ -123,16 +127,20 @@ def validate_rating_log(
     config: ValidationConfig,
     raw_ratings: pd.DataFrame,
     landed_ratings: dict[str, pd.DataFrame],
+    landed_events: dict[str, pd.DataFrame],
     validated_items: pd.DataFrame,
 ) -> Iterator:
-    """Validates the source's ratings plus every landed drop (a drop whose file could not be read is skipped)."""
-    combined = combine_rating_sources({"source": raw_ratings, **landed_ratings})
+    """Validates the source's ratings plus every landed drop (a drop whose file could not be read is skipped) and the
+    rated events of every landed event window (rejects name the window as `events/<window>` and the event's seq)."""
+    events = {f"events/{window}": events_to_ratings(frame) for window, frame in landed_events.items()}
+    combined = combine_rating_sources({"source": raw_ratings, **landed_ratings, **events})
     rules = RatingRules(allowed_ratings=tuple(config.allowed_ratings))
     known = np.asarray(validated_items["item_id"], dtype=np.int64)
     outcome = validate_ratings(combined, known, rules, docs_dir=_docs_dir(config, "ratings"))
     context.log.info("ratings: %d valid, %d rejected", len(outcome.valid), len(outcome.rejected))
     metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome.report, len(combined))}
     metadata["drops"] = MetadataValue.int(len(landed_ratings))
+    metadata["event_windows"] = MetadataValue.int(len(landed_events))
     yield Output(outcome.valid, output_name="validated_ratings", metadata=metadata)
     yield _rejected_output(outcome, "rejected_ratings")
     yield from _checks("validated_ratings", outcome.report, config)

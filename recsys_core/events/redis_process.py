@@ -1,4 +1,5 @@
-"""Real servers for tests, started on free 127.0.0.1 ports in temporary folders and always stopped."""
+"""A real `redis-server` process on a free 127.0.0.1 port with its AOF in a folder: for tests and `recsys bench events`,
+which kill it (SIGKILL) and start it again on the same AOF to check what survives."""
 
 from __future__ import annotations
 
