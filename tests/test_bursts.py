@@ -62,7 +62,7 @@ def test_a_burst_of_drops_gives_one_retrain(tmp_path: Path) -> None:
         pending = DagsterRun(job_name="ingest_landed_ratings", status=DagsterRunStatus.STARTED)
         instance.add_run(pending)  # the seventh drop's ingestion is still running: the burst is not over
         waiting = retrain_on_new_data.evaluate_tick(build_sensor_context(instance=instance))
-        assert not waiting.run_requests and "1 landing ingestion" in waiting.skip_message
+        assert not waiting.run_requests and "1 ingest_landed_ratings run(s) unfinished" in waiting.skip_message
         instance.delete_run(pending.run_id)
         materialize([ingestion.landed_ratings], partition_key=names[6], resources=resources, instance=instance)
 

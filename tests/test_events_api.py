@@ -131,7 +131,7 @@ def good(**changes) -> dict:
         ({"events": [good(type="like")]}, WRITER, 422, "events[0].type"),
         ({"events": [good(colour="red")]}, WRITER, 422, "events[0].colour"),
         ({"events": [good(event_id=f"bad-{i}") for i in range(51)]}, WRITER, 413, "limit is 50"),
-        ({"events": [good(request_id="x" * 2_000_000)]}, WRITER, 413, "over the limit"),
+        ({"events": [good(request_id="x" * 2_000_000)]}, WRITER, 413, "larger than 1048576 bytes"),
         ("not json", WRITER, 422, "Invalid JSON"),
         ({"events": [good()]}, {}, 401, "needs an API key"),
         ({"events": [good()]}, {"Authorization": "Bearer wrong"}, 401, "invalid API key"),

@@ -139,7 +139,7 @@ def test_liveness_readiness_and_health(bounded: dict) -> None:
     client = bounded["client"]
     assert client.get("/health/live").json() == {"status": "live"}
     ready = client.get("/health/ready")
-    assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["checks"] == {"model": True}
+    assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["checks"] == {"model": True, "event_store": True}
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["last_error"] is None
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recsys_core.schema import MAX_ID
 from recsys_core.serving.docs import mount_offline_docs
-from recsys_core.serving.errors import ERROR_RESPONSES, JSON_ERROR_REFS, install_error_handlers
+from recsys_core.serving.errors import ERROR_RESPONSES, JSON_ERROR_REFS, KEYED_RESPONSES, install_error_handlers
 from recsys_core.serving.middleware import AccessLog, RequestBounds
 from recsys_core.serving.auth import ApiKeys
 from recsys_core.serving.events_api import LiveEvents, events_router
@@ -196,7 +196,8 @@ def create_app(
     served = Counter("recsys_recommendations", "Recommendation responses by source", ["source"], registry=registry)
     registry.register(ModelCollector(holder))
     app.add_middleware(PrometheusMiddleware, requests=requests, latency=latency)
-    app.add_middleware(RequestBounds, max_body_bytes=limits.max_body_bytes, max_json_depth=limits.max_json_depth)
+    app.add_middleware(RequestBounds, max_body_bytes=limits.max_body_bytes, max_json_depth=limits.max_json_depth,
+                       path_limits={"/events": live.max_body_bytes} if live is not None else None)  # fmt: skip
     app.add_middleware(AccessLog)  # outermost: every answer, 413s included, gets a request id and a log line
     live_length = Histogram("recsys_live_history_length", "Live events in a GET recommendation's history", registry=registry,
                             buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200))  # fmt: skip
@@ -221,7 +222,7 @@ def create_app(
         if k > limits.max_k:
             raise HTTPException(422, f"k={k} is above the limit {limits.max_k}")
 
-    @app.get("/recommendations/{user_id}", response_model=RecommendationResponse)
+    @app.get("/recommendations/{user_id}", response_model=RecommendationResponse, responses=KEYED_RESPONSES)
     def recommend_user(
         user_id: int = Path(ge=0, le=MAX_ID),
         k: int = Query(10, ge=1, le=limits.max_k),
@@ -241,7 +242,7 @@ def create_app(
         served.labels(source=recs.source).inc()
         return _response(model.scorer, model.version, recs)
 
-    @app.post("/recommendations", response_model=RecommendationResponse)
+    @app.post("/recommendations", response_model=RecommendationResponse, responses=KEYED_RESPONSES)
     def recommend_history(request: HistoryRequest, key=Depends(keys.require("read"))) -> RecommendationResponse:  # noqa: ANN001, B008
         check_k(request.k)
         if len(request.history) > limits.max_history:
@@ -262,7 +263,7 @@ def create_app(
         served.labels(source=recs.source).inc()
         return _response(model.scorer, model.version, recs)
 
-    @app.get("/items/{item_id}/similar", response_model=SimilarResponse)
+    @app.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=KEYED_RESPONSES)
     def similar(
         item_id: int = Path(ge=0, le=MAX_ID), k: int = Query(10, ge=1, le=limits.max_k), key=Depends(keys.require("read"))  # noqa: ANN001, B008
     ) -> SimilarResponse:

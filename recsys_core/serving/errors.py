@@ -37,6 +37,11 @@ _DESCRIPTIONS = {
     422: "Request well-formed but invalid (types are strict, values bounded)",
 }
 ERROR_RESPONSES: dict[int | str, dict] = {code: {"model": ErrorBody, "description": text} for code, text in _DESCRIPTIONS.items()}
+# Routes behind an API key (recsys_core.serving.auth) also answer these.
+KEYED_RESPONSES: dict[int | str, dict] = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown one"},
+    403: {"model": ErrorBody, "description": "The API key lacks the route's scope"},
+}
 # For routes whose success is not JSON: FastAPI would file the error model under their media type.
 JSON_ERROR_REFS: dict[int | str, dict] = {
     code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from recsys_core.events import BatchError, EventMapping, EventRules, EventStore, parse_batch
 from recsys_core.events.group_commit import GroupCommitter
 from recsys_core.serving.auth import ApiKeys
+from recsys_core.serving.errors import KEYED_RESPONSES, ErrorBody
 from recsys_core.serving.reload import ModelHolder
 from recsys_core.serving.scorer import OnnxScorer
 
@@ -48,19 +49,6 @@ class LiveEvents:
         return [i for i, k in zip(items, known) if k], [r for r, k in zip(ratings, known) if k]
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it passes `limit` bytes, declared or not."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"body of {declared} bytes is over the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"body is over the limit of {limit} bytes")
-    return bytes(body)
-
-
 def events_router(holder: ModelHolder, live: LiveEvents, keys: ApiKeys, registry: CollectorRegistry) -> APIRouter:
     router = APIRouter(tags=["events"])
     committer = GroupCommitter(live.store)
@@ -71,14 +59,11 @@ def events_router(holder: ModelHolder, live: LiveEvents, keys: ApiKeys, registry
     write_seconds = Histogram("recsys_event_store_write_seconds", "Event store append latency per batch", registry=registry,
                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))  # fmt: skip
 
-    @router.post("/events", response_model=EventsResponse, responses={401: {}, 403: {}, 413: {}, 422: {}, 503: {}})
+    @router.post("/events", response_model=EventsResponse,
+                 responses={**KEYED_RESPONSES, 503: {"model": ErrorBody, "description": "Event store unavailable: retry"}})
     async def post_events(request: Request, key=Depends(keys.require("write"))) -> EventsResponse:  # noqa: ANN001, B008
         """Stores a batch of events ({"events": [...]}) all or nothing; retried `event_id`s count as duplicates."""
-        try:
-            body = await _read_body(request, live.max_body_bytes)
-        except HTTPException:
-            rejected.labels(reason="body_size").inc()
-            raise
+        body = await request.body()  # already bounded by RequestBounds (live.max_body_bytes for this path)
         scorer = holder.current.scorer
         try:
             events = parse_batch(body, live.rules, lambda ids: scorer.items.contains(ids).tolist())

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from itertools import accumulate
 from typing import Any
 
@@ -49,18 +49,21 @@ def json_depth(body: bytes) -> int:
 
 class RequestBounds:
     """Reads a request body up to `max_body_bytes` (413 beyond, whether or not Content-Length says so), checks JSON
-    nesting (400 beyond `max_json_depth`), then replays the body to the app."""
+    nesting (400 beyond `max_json_depth`), then replays the body to the app. `path_limits` gives paths whose bodies
+    are larger by design (a batch of events) a limit of their own."""
 
-    def __init__(self, app: App, max_body_bytes: int, max_json_depth: int) -> None:
+    def __init__(self, app: App, max_body_bytes: int, max_json_depth: int, path_limits: Mapping[str, int] | None = None) -> None:
         self.app, self.max_body_bytes, self.max_json_depth = app, max_body_bytes, max_json_depth
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        too_large = f"request body larger than {self.max_body_bytes} bytes"
+        limit = self.path_limits.get(scope["path"], self.max_body_bytes)
+        too_large = f"request body larger than {limit} bytes"
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_body_bytes:
+        if not declared.isdigit() or int(declared) > limit:
             await send_error(send, 413, too_large, [(b"connection", b"close")])
             return
         chunks, size, more = [], 0, True
@@ -70,7 +73,7 @@ class RequestBounds:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 await send_error(send, 413, too_large, [(b"connection", b"close")])
                 return
             chunks.append(chunk)
