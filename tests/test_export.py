@@ -58,7 +58,7 @@ def test_topk_graph_dynamic_batch_and_catalogue() -> None:
         users = rng.standard_normal((batch, 4)).astype(np.float32)
         matrix = rng.standard_normal((n_items, 4)).astype(np.float32)
         exclude = rng.random((batch, n_items)) < 0.3
-        feeds = {"user_vec": users, "exclude_mask": exclude, "k": np.array([3]), "item_matrix_t": np.ascontiguousarray(matrix.T)}
+        feeds = {"user_vec": users, "exclude_mask": exclude, "k": np.array([3]), "item_matrix": matrix}
         scores, idx = session.run(None, feeds)
         expected = np.where(exclude, -np.inf, users @ matrix.T)
         assert idx.shape == (batch, 3) and idx.dtype == np.int64

@@ -88,6 +88,7 @@ class TorchScorer:
         self.encoder = UserEncoder(bundle.model).eval()
         with torch.no_grad():
             self.item_matrix = bundle.model.item_vectors().contiguous()
+        self.tower_dim = bundle.config.dim
         self.hist = [torch.from_numpy(a) for a in (bundle.histories.hist_items, bundle.histories.hist_ratings,
                                                    bundle.histories.hist_mask)]  # fmt: skip
 
@@ -97,7 +98,8 @@ class TorchScorer:
         exclude = torch.zeros(len(rows), self.item_matrix.shape[0], dtype=torch.bool)
         for position, row in enumerate(rows):
             exclude[position, torch.from_numpy(self.bundle.seen_items(row))] = True
-        vectors = self.encoder(index, *(a[index] for a in self.hist))
+        items, ratings, mask = (a[index] for a in self.hist)
+        vectors = self.encoder(index, self.item_matrix[items, : self.tower_dim], ratings, mask)
         scores = (vectors @ self.item_matrix.T).masked_fill_(exclude, -torch.inf)
         return torch.topk(scores, k, dim=1)
 
