@@ -40,7 +40,7 @@ def test_exact_top_k_in_chunks_with_exclusions() -> None:
 
 
 def test_index_recall_exclusions_and_one_matrix(tmp_path: Path) -> None:
-    matrix, users = clustered(20_000, 17)
+    matrix, users = clustered(20_000, 32)
     index = ItemIndex.build(matrix, IndexConfig(nprobe=1, target_recall=0.95))
     assert index.params["kind"] == "ivf-sq8" and index.matrix is matrix
     assert index.nbytes < matrix.nbytes / 2  # codes and ids beside the one float32 matrix
@@ -61,7 +61,7 @@ def test_index_recall_exclusions_and_one_matrix(tmp_path: Path) -> None:
 def test_pq_codes_when_memory_asks() -> None:
     matrix, users = clustered(4_000, 17)
     index = ItemIndex.build(matrix, IndexConfig(max_code_bytes=1000))
-    assert index.params["kind"] == "ivf-pq" and index.params["code_bytes_per_item"] == 5  # 17 + 1 -> 20 dims / 4
+    assert index.params["kind"] == "ivf-pq" and index.params["code_bytes_per_item"] == 5  # 17 -> 20 dims / 4
     assert index.tune(users, None) >= 0.9
 
 

@@ -1,12 +1,13 @@
 """The approximate item index: FAISS IVF (SQ8 or PQ codes) over the item matrix, re-ranked exactly with the matrix itself.
 
 Why this shape:
-- The ranking score is an inner product, and item norms differ (biases are folded in). One extra column
-  sqrt(max_norm^2 - |x|^2) gives every item the same norm, so nearest by L2 = largest inner product for a query with
-  0 in that column: the index is a plain L2 IVF, whose k-means cells suit L2 (an inner-product coarse quantiser
-  sends most items to the centroids with the largest norms).
-- The cells hold codes, never the float32 vectors: 8-bit scalar quantisation (a quarter of the matrix, distances
-  close to exact) or, when those codes would pass `max_code_bytes`, PQ (one byte per `subvector_dims` dimensions).
+- The ranking score is an inner product, so the IVF is an inner-product one: k-means cells, items and queries
+  assigned to the cells of largest inner product. (The MIPS-to-L2 reduction, one extra column
+  sqrt(max_norm^2 - |x|^2), measured worse: with norms that vary like popularity that column dominates both the
+  cells and the code's quantisation error.)
+- The cells hold codes, never the float32 vectors: 8-bit scalar quantisation of the vectors themselves (a quarter of
+  the matrix; residual coding measured far less accurate here) or, when those codes would pass `max_code_bytes`,
+  PQ (one byte per `subvector_dims` dimensions, zero-padded: zeros change no inner product).
   The index returns `refine * k` candidates and their exact scores come from the caller's matrix rows: the process
   holds the item matrix once.
 - Below `exact_max_items` an exact scan is cheap enough and the index is not built.
@@ -25,6 +26,7 @@ import numpy as np
 
 INDEX_FILE = "item_index.faiss"
 ADD_CHUNK = 1 << 18
+SIMD_DIMS = 16  # FAISS scans SQ8 codes with SIMD only for widths that are a multiple of this (else ~100x slower)
 
 
 @dataclass(frozen=True)
@@ -48,22 +50,13 @@ def _nlist(n_items: int, config: IndexConfig) -> int:
     return int(min(8192, max(64, 2 ** round(math.log2(math.sqrt(n_items))))))
 
 
-def _augment(rows: np.ndarray, max_sq_norm: float, width: int) -> np.ndarray:
-    """[x, sqrt(max^2 - |x|^2), 0...] in a new `width`-column float32 array (MIPS -> L2, padded for PQ)."""
+def _padded(rows: np.ndarray, width: int) -> np.ndarray:
+    """`rows` as C-contiguous float32 with zero columns up to `width` (PQ needs whole sub-vectors)."""
+    if rows.shape[1] == width:
+        return np.ascontiguousarray(rows, dtype=np.float32)
     out = np.zeros((rows.shape[0], width), dtype=np.float32)
     out[:, : rows.shape[1]] = rows
-    out[:, rows.shape[1]] = np.sqrt(np.maximum(max_sq_norm - np.einsum("ij,ij->i", rows, rows), 0.0))
     return out
-
-
-def _query(user_vecs: np.ndarray, width: int) -> np.ndarray:
-    out = np.zeros((user_vecs.shape[0], width), dtype=np.float32)
-    out[:, : user_vecs.shape[1]] = user_vecs
-    return out
-
-
-def _max_sq_norm(matrix: np.ndarray) -> float:
-    return max(float(np.einsum("ij,ij->i", matrix[a : a + ADD_CHUNK], matrix[a : a + ADD_CHUNK]).max()) for a in range(0, len(matrix), ADD_CHUNK))
 
 
 def exact_top_k(
@@ -113,23 +106,24 @@ class ItemIndex:
         started = time.perf_counter()
         n_items, dim = matrix.shape
         nlist = min(_nlist(n_items, config), n_items)
-        width = math.ceil((dim + 1) / config.subvector_dims) * config.subvector_dims  # PQ needs whole sub-vectors
-        max_sq_norm = _max_sq_norm(matrix)
+        sq8 = n_items * dim <= config.max_code_bytes
+        width = math.ceil(dim / (SIMD_DIMS if sq8 else config.subvector_dims)) * (SIMD_DIMS if sq8 else config.subvector_dims)
         rng = np.random.default_rng(config.seed)
         sample_rows = np.sort(rng.choice(n_items, size=min(n_items, max(config.train_per_list * nlist, 256 * 39)), replace=False))
-        sample = _augment(matrix[sample_rows], max_sq_norm, width)
+        sample = _padded(matrix[sample_rows], width)
         kmeans = faiss.Kmeans(width, nlist, niter=10, seed=config.seed, max_points_per_centroid=config.train_per_list)
         kmeans.train(sample)
-        quantizer = faiss.IndexHNSWFlat(width, 32) if nlist >= config.hnsw_quantizer_from else faiss.IndexFlatL2(width)
+        ip = faiss.METRIC_INNER_PRODUCT
+        quantizer = faiss.IndexHNSWFlat(width, 32, ip) if nlist >= config.hnsw_quantizer_from else faiss.IndexFlatIP(width)
         quantizer.add(kmeans.centroids)
-        if n_items * width <= config.max_code_bytes:
-            codec, ivf = "sq8", faiss.IndexIVFScalarQuantizer(quantizer, width, nlist, faiss.ScalarQuantizer.QT_8bit)
+        if sq8:
+            codec, ivf = "sq8", faiss.IndexIVFScalarQuantizer(quantizer, width, nlist, faiss.ScalarQuantizer.QT_8bit, ip, False)
         else:
-            codec, ivf = "pq", faiss.IndexIVFPQ(quantizer, width, nlist, width // config.subvector_dims, 8)
+            codec, ivf = "pq", faiss.IndexIVFPQ(quantizer, width, nlist, width // config.subvector_dims, 8, ip)
         ivf.cp.seed = config.seed
         ivf.train(sample)  # the quantiser already holds nlist centroids: this trains the codec only
         for start in range(0, n_items, ADD_CHUNK):
-            ivf.add(_augment(matrix[start : start + ADD_CHUNK], max_sq_norm, width))
+            ivf.add(_padded(matrix[start : start + ADD_CHUNK], width))
         params = {
             "kind": f"ivf-{codec}", "nlist": nlist, "nprobe": config.nprobe, "refine": config.refine, "width": width,
             "code_bytes_per_item": int(ivf.code_size), "quantizer": type(quantizer).__name__,
@@ -154,7 +148,7 @@ class ItemIndex:
         batch, k = user_vecs.shape[0], min(k, self.ivf.ntotal)
         most_excluded = max((len(items) for items in exclude), default=0) if exclude is not None else 0
         wanted = min(self.ivf.ntotal, self.params["refine"] * k + most_excluded)
-        _, candidates = self.ivf.search(_query(user_vecs, self.params["width"]), wanted)
+        _, candidates = self.ivf.search(_padded(user_vecs, self.params["width"]), wanted)
         scores = np.full((batch, k), -np.inf, dtype=np.float32)
         idx = np.full((batch, k), -1, dtype=np.int64)
         for row in range(batch):
