@@ -116,7 +116,9 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return _sha256([model_dir / "model.safetensors", *(model_dir / name for name in BUNDLE_FILES)])[:16]
 
 
-def _index_entry(bundle: ModelBundle, item_matrix: np.ndarray, out_dir: Path, config: IndexConfig, recall_users: int) -> dict[str, Any]:
+def _index_entry(
+    bundle: ModelBundle, item_matrix: np.ndarray, out_dir: Path, config: IndexConfig, recall_users: int
+) -> dict[str, Any]:
     """Builds the item index when the catalogue is large enough; recall@10 on a seeded sample of known users."""
     n_users = len(bundle.user_index)
     rows = np.sort(np.random.default_rng(config.seed).choice(n_users, size=min(recall_users, n_users), replace=False))

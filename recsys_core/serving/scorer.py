@@ -114,7 +114,9 @@ class OnnxScorer:
         self._topk_takes_matrix = len(self.topk_session.get_inputs()) == len(TOPK_INPUTS) + 1
         retrieval = self.manifest.get("retrieval", {"kind": "exact"})
         try:
-            self.index = None if retrieval["kind"] == "exact" else ItemIndex.load(self.directory / INDEX_FILE, self.item_matrix, retrieval)
+            self.index = (
+                None if retrieval["kind"] == "exact" else ItemIndex.load(self.directory / INDEX_FILE, self.item_matrix, retrieval)
+            )
         except (RuntimeError, ValueError) as error:  # FAISS raises RuntimeError for a missing or corrupt file
             raise ModelLoadError(f"{self.directory}: cannot load {INDEX_FILE}: {error}") from error
 
