@@ -1,12 +1,15 @@
 """ONNX export of the scoring path, its parity check against PyTorch, int8 quantisation and registry registration.
 
-Two graphs, so the catalogue can change size without re-exporting the user side:
-- `user_encoder.onnx`: (user_idx, hist_items, hist_ratings, hist_mask) -> user_vec, exported with torch.onnx
-  (dynamo exporter, dynamic batch). The item tower is evaluated once at export and frozen into the graph: serving a
-  user never recomputes the catalogue's text projection.
-- `topk.onnx`: (user_vec, exclude_mask, k, item_matrix_t) -> (scores, item_idx), built with onnx.helper as
-  MatMul -> Where(-inf) -> TopK, dynamic in batch and catalogue size (`recsys_core.serving.graphs`).
-  `item_matrix.npy` ([n_items, dim]) ships beside it; the scorer feeds it transposed.
+Two graphs, so the catalogue can change size without re-exporting the user side, and neither holds the catalogue:
+- `user_encoder.onnx`: (user_idx, hist_vecs, hist_ratings, hist_mask) -> user_vec, exported with torch.onnx
+  (dynamo exporter, dynamic batch). `hist_vecs` are the item-tower vectors of the history items: the first
+  `config.dim` columns of `item_matrix.npy` rows, gathered by the scorer. The item matrix is held once per serving
+  process (it used to be frozen into this graph as well).
+- `topk.onnx`: (user_vec, exclude_mask, k, item_matrix) -> (scores, item_idx), built with onnx.helper as
+  Gemm -> Where(-inf) -> TopK, dynamic in batch and catalogue size (`recsys_core.serving.graphs`).
+  `item_matrix.npy` ([n_items, dim]) ships beside it.
+- `item_index.faiss`: above `IndexConfig.exact_max_items` an IVF index (`recsys_core.retrieval`) that serving uses
+  for top-k instead of the exact scan; its recall@10 against the exact scan on sampled users is in the manifest.
 The int8 variant quantises the user graph with onnxruntime.quantization and scans a per-item int8 copy of the item
 matrix baked into its top-k graph. Parity (`check_parity`) compares ORT with `HybridRecommender.user_vectors` itself.
 """
@@ -31,6 +34,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
 from recsys_core.model import HybridRecommender, ModelBundle
+from recsys_core.retrieval import INDEX_FILE, IndexConfig, build_item_index
 from recsys_core.serving.graphs import IR_VERSION, OPSET, build_int8_topk_graph, build_topk_graph
 from recsys_core.serving.scorer import (
     BUNDLE_FILES,
@@ -39,6 +43,7 @@ from recsys_core.serving.scorer import (
     MANIFEST,
     TOPK,
     USER_ENCODER,
+    USER_INPUTS,
     History,
     OnnxScorer,
 )
@@ -48,19 +53,19 @@ CHALLENGER = "challenger"
 
 
 class UserEncoder(nn.Module):
-    """`HybridRecommender.user_vectors` with the (eval-mode, input-independent) item tower precomputed."""
+    """`HybridRecommender.user_vectors` from the history's item vectors: the model gathers `item_vecs[hist_items]`,
+    so passing the gathered rows as a [B * L, dim] catalogue with positions as indices is the same computation."""
 
     def __init__(self, model: HybridRecommender) -> None:
         super().__init__()
         self.model = model.eval()
-        with torch.no_grad():
-            item_vecs, _, _ = model.items()
-        self.register_buffer("item_vecs", item_vecs.detach().clone())
 
     def forward(
-        self, user_idx: torch.Tensor, hist_items: torch.Tensor, hist_ratings: torch.Tensor, hist_mask: torch.Tensor
+        self, user_idx: torch.Tensor, hist_vecs: torch.Tensor, hist_ratings: torch.Tensor, hist_mask: torch.Tensor
     ) -> torch.Tensor:
-        return self.model.user_vectors(user_idx, hist_items, hist_ratings, hist_mask, item_vecs=self.item_vecs)
+        batch, length, dim = hist_vecs.shape
+        positions = torch.arange(batch * length, device=hist_vecs.device).reshape(batch, length)
+        return self.model.user_vectors(user_idx, positions, hist_ratings, hist_mask, item_vecs=hist_vecs.reshape(-1, dim))
 
 
 def export_user_encoder(model: HybridRecommender, path: Path, opset: int = OPSET) -> Path:
@@ -69,7 +74,7 @@ def export_user_encoder(model: HybridRecommender, path: Path, opset: int = OPSET
     batch, length = 2, model.config.history_len
     example = (
         torch.zeros(batch, dtype=torch.int64),
-        torch.zeros(batch, length, dtype=torch.int64),
+        torch.zeros(batch, length, model.config.dim, dtype=torch.float32),
         torch.zeros(batch, length, dtype=torch.float32),
         torch.ones(batch, length, dtype=torch.bool),
     )
@@ -77,14 +82,14 @@ def export_user_encoder(model: HybridRecommender, path: Path, opset: int = OPSET
     program = torch.onnx.export(
         encoder,
         example,
-        input_names=["user_idx", "hist_items", "hist_ratings", "hist_mask"],
+        input_names=list(USER_INPUTS),
         output_names=["user_vec"],
         opset_version=opset,
         dynamo=True,
         verbose=False,
         dynamic_shapes={
             "user_idx": {0: batch_dim},
-            "hist_items": {0: batch_dim},
+            "hist_vecs": {0: batch_dim},
             "hist_ratings": {0: batch_dim},
             "hist_mask": {0: batch_dim},
         },
@@ -111,7 +116,31 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return _sha256([model_dir / "model.safetensors", *(model_dir / name for name in BUNDLE_FILES)])[:16]
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, items: pd.DataFrame | None = None) -> dict[str, Any]:
+def _index_entry(
+    bundle: ModelBundle, item_matrix: np.ndarray, out_dir: Path, config: IndexConfig, recall_users: int
+) -> dict[str, Any]:
+    """Builds the item index when the catalogue is large enough; recall@10 on a seeded sample of known users."""
+    n_users = len(bundle.user_index)
+    rows = np.sort(np.random.default_rng(config.seed).choice(n_users, size=min(recall_users, n_users), replace=False))
+    hist = bundle.histories
+    with torch.no_grad():
+        user_vecs = bundle.model.user_vectors(
+            torch.from_numpy(rows), torch.from_numpy(hist.hist_items[rows]),
+            torch.from_numpy(hist.hist_ratings[rows]), torch.from_numpy(hist.hist_mask[rows]),
+        ).numpy()  # fmt: skip
+    index, entry = build_item_index(item_matrix, user_vecs, [bundle.seen_items(row) for row in rows], config)
+    if index is not None:
+        index.save(out_dir / INDEX_FILE)
+    return entry
+
+
+def export_onnx(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    items: pd.DataFrame | None = None,
+    index_config: IndexConfig = IndexConfig(),
+    recall_users: int = 500,
+) -> dict[str, Any]:
     """Writes the complete serving directory for the model in `model_dir`; returns its manifest."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     bundle = ModelBundle.load(model_dir)
@@ -120,7 +149,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, items: pd.DataFrame 
     export_user_encoder(bundle.model, out_dir / USER_ENCODER)
     onnx.save_model(build_topk_graph(), str(out_dir / TOPK))
     with torch.no_grad():
-        np.save(out_dir / ITEM_MATRIX, bundle.model.item_vectors().numpy().astype(np.float32))
+        item_matrix = bundle.model.item_vectors().numpy().astype(np.float32)
+    np.save(out_dir / ITEM_MATRIX, item_matrix)
+    retrieval = _index_entry(bundle, item_matrix, out_dir, index_config, recall_users)
+    del item_matrix
     for name in BUNDLE_FILES:
         shutil.copy2(model_dir / name, out_dir / name)
     if items is not None:
@@ -128,7 +160,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, items: pd.DataFrame 
         titles = {int(i): str(t) for i, t in zip(known["item_id"], known["title"].fillna(""))}
         (out_dir / ITEM_TITLES).write_text(json.dumps(titles, sort_keys=True))
     manifest = {
-        "format": "recsys-onnx/1",
+        "format": "recsys-onnx/2",
         "precision": "fp32",
         "fingerprint": model_fingerprint(model_dir),
         "source_model_dir": str(model_dir),
@@ -137,6 +169,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, items: pd.DataFrame 
         "n_items": len(bundle.item_index),
         "dim": bundle.config.output_dim,
         "history_len": bundle.config.history_len,
+        "retrieval": retrieval,
         "export_seconds": round(time.perf_counter() - started, 3),
     }
     training = model_dir / "training.json"  # written by the trained_model asset

@@ -27,7 +27,7 @@ from recsys_core.serving.scorer import History, ModelLoadError, OnnxScorer
 from recsys_core.text_features import ItemTextFeatures
 from recsys_core.tracking import MlflowSettings
 from recsys_core.training import TrainConfig, train_hybrid
-from recsys_dagster.assets.export import onnx_model, onnx_parity
+from recsys_dagster.assets.export import index_recall, onnx_model, onnx_parity
 from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.resources.tracking import MlflowResource
@@ -58,7 +58,7 @@ def test_topk_graph_dynamic_batch_and_catalogue() -> None:
         users = rng.standard_normal((batch, 4)).astype(np.float32)
         matrix = rng.standard_normal((n_items, 4)).astype(np.float32)
         exclude = rng.random((batch, n_items)) < 0.3
-        feeds = {"user_vec": users, "exclude_mask": exclude, "k": np.array([3]), "item_matrix_t": np.ascontiguousarray(matrix.T)}
+        feeds = {"user_vec": users, "exclude_mask": exclude, "k": np.array([3]), "item_matrix": matrix}
         scores, idx = session.run(None, feeds)
         expected = np.where(exclude, -np.inf, users @ matrix.T)
         assert idx.shape == (batch, 3) and idx.dtype == np.int64
@@ -196,16 +196,17 @@ def test_onnx_model_asset_registers_challenger_and_reloads_champion(tmp_path: Pa
     resources = {"io_manager": RecsysIOManager(), "mlflow": MlflowResource(experiment_name="export-test"),
                  "compute": ComputeResource(device="cpu")}  # fmt: skip
     result = materialize(
-        [trained_model, validated_items, onnx_model, onnx_parity],
+        [trained_model, validated_items, onnx_model, onnx_parity, index_recall],
         resources=resources,
         instance=DagsterInstance.ephemeral(),
-        run_config={"ops": {"onnx_model": {"config": {"parity_users": 10, "int8_users": 20}}}},
+        run_config={"ops": {"onnx_model": {"config": {"parity_users": 10, "int8_users": 20, "exact_max_items": 10}}}},
     )
     assert result.success
     value = result.output_for_node("onnx_model")
     assert value["version"] == "1" and value["parity"]["passed"] and value["training_run_id"] == training_run.info.run_id
     checks = result.get_asset_check_evaluations()
-    assert [c.passed for c in checks if c.asset_key == AssetKey("onnx_model")] == [True]
+    assert [c.passed for c in checks if c.asset_key == AssetKey("onnx_model")] == [True, True]
+    assert value["retrieval"]["kind"] == "ivf-sq8" and value["retrieval"]["recall_at_10"] >= 0.95
     client = settings.client()
     assert str(client.get_model_version_by_alias(settings.registered_model_name, "challenger").version) == "1"
     assert not client.get_registered_model(settings.registered_model_name).aliases.get("champion")
@@ -219,7 +220,7 @@ def test_onnx_model_asset_registers_challenger_and_reloads_champion(tmp_path: Pa
     assert registered["version"] == "2"
     client.set_registered_model_alias(settings.registered_model_name, "champion", "1")
     scorer, version = load_scorer_from_registry(settings, alias="champion", cache_dir=tmp_path / "cache")
-    assert version == "1" and scorer.version == "1" and scorer.title(10) == "Movie 0"
+    assert version == "1" and scorer.version == "1" and scorer.title(10) == "Movie 0" and scorer.index is not None
 
     source = RegistrySource(settings, "champion", tmp_path / "cache")
     holder = ModelHolder(load_validated(source, "1", "cpu"))

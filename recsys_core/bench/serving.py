@@ -1,4 +1,5 @@
-"""Serving speed: PyTorch eager vs ONNX Runtime vs int8 ONNX in-process, and the HTTP service under load and hot swap.
+"""Serving speed: PyTorch eager vs ONNX Runtime vs int8 ONNX in-process, the HTTP service under load and hot swap,
+and top-k retrieval at 1M and 10M items (`recsys_core.bench.retrieval`: exact scans vs the serving index).
 
 Two catalogues side by side: ml-100k (real ids and histories when the data folder exists, else a synthetic one of
 the same size) and a synthetic 1M-item catalogue. Weights are random draws of the real `HybridRecommender` class:
@@ -26,12 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_core.bench.report import write_report
+from recsys_core.bench.report import format_table, write_report
+from recsys_core.bench.retrieval import retrieval_goals, retrieval_rows
 from recsys_core.export import UserEncoder, export_onnx, quantize_onnx_dir
 from recsys_core.model import HybridConfig, HybridRecommender, ModelBundle, build_histories, build_seen
+from recsys_core.retrieval import IndexConfig
 from recsys_core.schema import IdIndex
 from recsys_core.serving.providers import physical_cores
 from recsys_core.serving.scorer import LARGE_MATRIX_BYTES, History, OnnxScorer
+from recsys_core.training import TrainConfig
 
 DEFAULT_ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 
@@ -44,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-requests", type=int, default=6000, help="HTTP requests per load phase")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--index-items", default="1000000,10000000", help="catalogue sizes for the retrieval comparison")
+    parser.add_argument("--index-dim", type=int, default=TrainConfig().dim + TrainConfig().prior_dim + 1,
+                        help="item vector width (default: the trained model's)")
+    parser.add_argument("--skip-model", action="store_true", help="only the retrieval comparison (no model, no HTTP)")
 
 
 # ---- models with random weights of the real class ---------------------------------------------------------------
@@ -88,6 +96,7 @@ class TorchScorer:
         self.encoder = UserEncoder(bundle.model).eval()
         with torch.no_grad():
             self.item_matrix = bundle.model.item_vectors().contiguous()
+        self.tower_dim = bundle.config.dim
         self.hist = [torch.from_numpy(a) for a in (bundle.histories.hist_items, bundle.histories.hist_ratings,
                                                    bundle.histories.hist_mask)]  # fmt: skip
 
@@ -97,7 +106,8 @@ class TorchScorer:
         exclude = torch.zeros(len(rows), self.item_matrix.shape[0], dtype=torch.bool)
         for position, row in enumerate(rows):
             exclude[position, torch.from_numpy(self.bundle.seen_items(row))] = True
-        vectors = self.encoder(index, *(a[index] for a in self.hist))
+        items, ratings, mask = (a[index] for a in self.hist)
+        vectors = self.encoder(index, self.item_matrix[items, : self.tower_dim], ratings, mask)
         scores = (vectors @ self.item_matrix.T).masked_fill_(exclude, -torch.inf)
         return torch.topk(scores, k, dim=1)
 
@@ -281,11 +291,11 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="recsys-bench-serving-"))
     started, load_start = time.perf_counter(), os.getloadavg()  # a busy shared machine shows up in p99
     try:
-        for index, (name, ratings, item_ids) in enumerate(_catalogues(args)):
+        for index, (name, ratings, item_ids) in enumerate([] if args.skip_model else _catalogues(args)):
             print(f"{name}: building model, exporting ONNX fp32 + int8 ...", flush=True)
             model_dir, fp32_dir, int8_dir = workdir / name / "model", workdir / name / "fp32", workdir / name / "int8"
             build_random_bundle(model_dir, ratings, item_ids)
-            export_onnx(model_dir, fp32_dir)
+            export_onnx(model_dir, fp32_dir, index_config=IndexConfig(exact_max_items=len(item_ids)))  # the exact scan
             quantize_onnx_dir(fp32_dir, int8_dir)
             batch = 256 if len(item_ids) < 100_000 else 32
             rows += in_process_rows(name, model_dir, fp32_dir, int8_dir, n_calls if index == 0 else max(50, n_calls // 20), batch)
@@ -296,8 +306,13 @@ def run(args: argparse.Namespace) -> int:
                                   hot_swap_seconds=3.0 if args.quick else 8.0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    goals = evaluate_goals(rows, bounds)
-    write_report("serving", rows, args.json, threads=threads, bandwidth=bounds, goals=goals, access_log="on",
+    print("retrieval: exact scans vs the serving index ...", flush=True)
+    sizes = [20_000, 200_000] if args.quick else [int(size) for size in args.index_items.split(",")]
+    retrieval = retrieval_rows(sizes, args.index_dim, 200 if args.quick else 1000, 30.0)
+    goals = ({} if args.skip_model else evaluate_goals(rows, bounds)) | retrieval_goals(retrieval)
+    print("\n== retrieval ==\n" + format_table(retrieval))
+    write_report("serving", rows, args.json, threads=threads, bandwidth=bounds, goals=goals, retrieval=retrieval,
+                 access_log="on",
                  seconds=round(time.perf_counter() - started, 1), load_average_start=load_start,
                  load_average_end=os.getloadavg(),
                  notes="random weights of the real model class (latency does not depend on weight values); "

@@ -1,14 +1,15 @@
 """Recommendations from an exported model directory on ONNX Runtime: user graph, then the top-k graph.
 
 The directory layout (written by `recsys_core.export`) is the serving contract: `user_encoder.onnx`, `topk.onnx`,
-`item_matrix.npy`, the training bundle (`user_ids.npy`, `item_ids.npy`, `histories.npz`, `seen.npz`,
+`item_matrix.npy` (held once: the user graph gets history rows from it, the index re-ranks with it), `item_index.faiss`
+when the manifest names an approximate index (then top-k comes from the index, else from the exact scan graph), the
+training bundle (`user_ids.npy`, `item_ids.npy`, `histories.npz`, `seen.npz`,
 `item_popularity.npy`), optional `item_titles.json`, and `manifest.json`. Ids are mapped to indices only through
 `IdIndex`. Unknown users fall back to popularity; an ad-hoc history personalises without a user id.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from recsys_core.retrieval import INDEX_FILE, ItemIndex
 from recsys_core.schema import IdIndex
-from recsys_core.serving.graphs import build_topk_graph
 from recsys_core.serving.providers import CUDA, choose_providers, session_options
 
 USER_ENCODER = "user_encoder.onnx"
@@ -30,8 +31,8 @@ LARGE_MATRIX_BYTES = 8 << 20
 BUNDLE_FILES = ("user_ids.npy", "item_ids.npy", "histories.npz", "seen.npz", "item_popularity.npy")
 REQUIRED_FILES = (USER_ENCODER, TOPK, ITEM_MATRIX, MANIFEST, *BUNDLE_FILES)
 
-USER_INPUTS = ("user_idx", "hist_items", "hist_ratings", "hist_mask")
-TOPK_INPUTS = ("user_vec", "exclude_mask", "k")  # + "item_matrix_t" unless the graph holds its own (int8)
+USER_INPUTS = ("user_idx", "hist_vecs", "hist_ratings", "hist_mask")
+TOPK_INPUTS = ("user_vec", "exclude_mask", "k")  # + "item_matrix" unless the graph holds its own (int8)
 
 
 class ModelLoadError(RuntimeError):
@@ -105,21 +106,22 @@ class OnnxScorer:
         partial = ~mask.all(axis=1) & mask.any(axis=1)
         self.left_pad = not partial.any() or bool(mask[partial, -1].all())
         self._popular_order = np.argsort(-self.popularity, kind="stable")
-        self._norms = np.maximum(np.linalg.norm(self.item_matrix, axis=1), 1e-12)
-        # On CUDA the matrices are copied to the device once and bound (IO binding); on CPU ORT reads the numpy
-        # buffers in place, so a plain run is as fast and simpler.
+        self._norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", self.item_matrix, self.item_matrix)), 1e-12)
+        # On CUDA the matrix is copied to the device once and bound (IO binding); on CPU ORT reads the numpy
+        # buffer in place, so a plain run is as fast and simpler.
         self._on_cuda = bool(providers) and providers[0] == CUDA
-        self._bound: dict[bool, ort.OrtValue] = {}
+        self._bound: ort.OrtValue | None = None
         self._topk_takes_matrix = len(self.topk_session.get_inputs()) == len(TOPK_INPUTS) + 1
-        # Cosine scans (similar items) always use the fp32 graph over the unit-normalised matrix.
-        self.cosine_session = ort.InferenceSession(
-            build_topk_graph().SerializeToString(), session_options(topk_threads), providers=providers
-        )
+        retrieval = self.manifest.get("retrieval", {"kind": "exact"})
+        try:
+            self.index = (
+                None if retrieval["kind"] == "exact" else ItemIndex.load(self.directory / INDEX_FILE, self.item_matrix, retrieval)
+            )
+        except (RuntimeError, ValueError) as error:  # FAISS raises RuntimeError for a missing or corrupt file
+            raise ModelLoadError(f"{self.directory}: cannot load {INDEX_FILE}: {error}") from error
 
     def _read_arrays(self) -> None:
-        # The top-k graph reads the matrix as [dim, n_items]; rows stay available through the transposed view.
-        self.item_matrix_t = np.ascontiguousarray(np.load(self.directory / ITEM_MATRIX).T, dtype=np.float32)
-        self.item_matrix = self.item_matrix_t.T
+        self.item_matrix = np.ascontiguousarray(np.load(self.directory / ITEM_MATRIX), dtype=np.float32)
         self.users = IdIndex(np.load(self.directory / "user_ids.npy").astype(np.int64))
         self.items = IdIndex(np.load(self.directory / "item_ids.npy").astype(np.int64))
         with np.load(self.directory / "histories.npz") as histories:
@@ -143,9 +145,13 @@ class OnnxScorer:
         names = [i.name for i in self.user_session.get_inputs()]
         if names != list(USER_INPUTS):
             raise ModelLoadError(f"{USER_ENCODER}: inputs {names}, expected {list(USER_INPUTS)}")
+        tower_dim = self.user_session.get_inputs()[1].shape[-1]
+        if not isinstance(tower_dim, int) or not 0 < tower_dim <= self.item_matrix.shape[-1]:
+            raise ModelLoadError(f"{USER_ENCODER}: hist_vecs width {tower_dim} does not fit item matrix {self.item_matrix.shape}")
+        self.tower_dim = tower_dim
         names = [i.name for i in self.topk_session.get_inputs()]
-        if names not in (list(TOPK_INPUTS), [*TOPK_INPUTS, "item_matrix_t"]):
-            raise ModelLoadError(f"{TOPK}: inputs {names}, expected {list(TOPK_INPUTS)} (+ item_matrix_t)")
+        if names not in (list(TOPK_INPUTS), [*TOPK_INPUTS, "item_matrix"]):
+            raise ModelLoadError(f"{TOPK}: inputs {names}, expected {list(TOPK_INPUTS)} (+ item_matrix)")
         checks = {
             "item_matrix rows": (self.item_matrix.shape[0], n_items),
             "item_popularity length": (self.popularity.shape[0], n_items),
@@ -158,11 +164,6 @@ class OnnxScorer:
         if bad:
             raise ModelLoadError(f"{self.directory}: inconsistent model files: {'; '.join(bad)}")
 
-    @functools.cached_property
-    def unit_items_t(self) -> np.ndarray:
-        """The L2-normalised item matrix ([dim, n_items]), built on first use (similar items): a second copy."""
-        return np.ascontiguousarray(self.item_matrix_t / self._norms[None, :])
-
     @property
     def dim(self) -> int:
         return int(self.item_matrix.shape[1])
@@ -172,42 +173,53 @@ class OnnxScorer:
 
     # ---- the two graphs -------------------------------------------------------------------------------
     def user_vectors(self, user_idx: np.ndarray, history: History) -> np.ndarray:
+        """The history's item-tower vectors are the first `tower_dim` columns of its item matrix rows."""
         feeds = {
             "user_idx": np.ascontiguousarray(user_idx, dtype=np.int64),
-            "hist_items": np.ascontiguousarray(history.items, dtype=np.int64),
+            "hist_vecs": self.item_matrix[history.items, : self.tower_dim],
             "hist_ratings": np.ascontiguousarray(history.ratings, dtype=np.float32),
             "hist_mask": np.ascontiguousarray(history.mask, dtype=bool),
         }
         return self.user_session.run(None, feeds)[0]
 
-    def top_k(self, user_vecs: np.ndarray, exclude: np.ndarray, k: int, unit: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, item indices) of the k best non-excluded items; `unit` scans the L2-normalised matrix (cosine)."""
+    def top_k(self, user_vecs: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, item indices) of the k best non-excluded items by the exact scan graph (`exclude`: [B, n_items])."""
         k = np.array([max(1, min(int(k), len(self.items)))], dtype=np.int64)
         feeds = {
             "user_vec": np.ascontiguousarray(user_vecs, dtype=np.float32),
             "exclude_mask": np.ascontiguousarray(exclude, dtype=bool),
             "k": k,
         }
-        session = self.cosine_session if unit else self.topk_session
-        takes_matrix = unit or self._topk_takes_matrix
-        matrix = self.unit_items_t if unit else self.item_matrix_t
+        session = self.topk_session
         if not self._on_cuda:
-            if takes_matrix:
-                feeds["item_matrix_t"] = matrix
+            if self._topk_takes_matrix:
+                feeds["item_matrix"] = self.item_matrix
             scores, indices = session.run(None, feeds)
             return scores, indices
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        if takes_matrix:
-            if unit not in self._bound:
-                self._bound[unit] = ort.OrtValue.ortvalue_from_numpy(matrix, "cuda", 0)
-            binding.bind_ortvalue_input("item_matrix_t", self._bound[unit])
+        if self._topk_takes_matrix:
+            if self._bound is None:
+                self._bound = ort.OrtValue.ortvalue_from_numpy(self.item_matrix, "cuda", 0)
+            binding.bind_ortvalue_input("item_matrix", self._bound)
         binding.bind_output("scores")
         binding.bind_output("item_idx")
         session.run_with_iobinding(binding)
         scores, indices = binding.copy_outputs_to_cpu()
         return scores, indices
+
+    def retrieve(self, user_vecs: np.ndarray, exclude: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Serving top-k: the approximate index when the export built one, else the exact scan.
+
+        `exclude[i]` holds item indices user i must not get; missing slots score -inf.
+        """
+        if self.index is not None:
+            return self.index.search(user_vecs, max(1, int(k)), exclude)
+        mask = np.zeros((len(exclude), len(self.items)), dtype=bool)
+        for position, items in enumerate(exclude):
+            mask[position, items] = True
+        return self.top_k(user_vecs, mask, k)
 
     # ---- requests ------------------------------------------------------------------------------------
     def _seen(self, user_index: int) -> np.ndarray:
@@ -226,11 +238,8 @@ class OnnxScorer:
         if len(known):
             rows = indices[known]
             history = History(self.histories.items[rows], self.histories.ratings[rows], self.histories.mask[rows])
-            exclude = np.zeros((len(rows), len(self.items)), dtype=bool)
-            if exclude_seen:
-                for position, row in enumerate(rows):
-                    exclude[position, self._seen(row)] = True
-            scores, top = self.top_k(self.user_vectors(rows, history), exclude, k)
+            exclude = [self._seen(row) if exclude_seen else np.zeros(0, np.int64) for row in rows]
+            scores, top = self.retrieve(self.user_vectors(rows, history), exclude, k)
             for position, slot in enumerate(known):
                 hist = history.items[position][history.mask[position]]
                 ratings = history.ratings[position][history.mask[position]]
@@ -268,11 +277,8 @@ class OnnxScorer:
             return self.popular(k, user_id=user_id)
         row_items, row_ratings, row_mask = _pack(hist, hist_ratings, self.history_len, self.left_pad)
         history = History(row_items[None], row_ratings[None], row_mask[None])
-        exclude = np.zeros((1, len(self.items)), dtype=bool)
-        exclude[0, new_items] = True
-        if exclude_seen and user_index >= 0:
-            exclude[0, self._seen(user_index)] = True
-        scores, top = self.top_k(self.user_vectors(np.array([model_user]), history), exclude, k)
+        exclude = np.concatenate([new_items, self._seen(user_index)]) if exclude_seen and user_index >= 0 else new_items
+        scores, top = self.retrieve(self.user_vectors(np.array([model_user]), history), [exclude], k)
         recent = (hist[-self.history_len :], hist_ratings[-self.history_len :])
         return self._package(user_id, scores[0], top[0], recent, source)
 
@@ -285,12 +291,14 @@ class OnnxScorer:
     def similar_items(self, item_id: int, k: int = 10) -> tuple[list[int], list[float]]:
         """Nearest items by cosine over the item matrix (the item itself excluded). Unknown id -> KeyError."""
         index = int(self.items.encode(np.asarray([item_id]))[0])
-        exclude = np.zeros((1, len(self.items)), dtype=bool)
-        exclude[0, index] = True
-        query = self.item_matrix[index] / self._norms[index]
-        scores, top = self.top_k(query[None], exclude, k, unit=True)
-        keep = np.isfinite(scores[0])
-        return self.items.decode(top[0][keep]).tolist(), scores[0][keep].astype(float).tolist()
+        cosine = self.item_matrix @ (self.item_matrix[index] / self._norms[index])
+        cosine /= self._norms
+        cosine[index] = -np.inf
+        k = max(1, min(int(k), len(self.items) - 1))
+        top = np.argpartition(-cosine, k - 1)[:k] if k < len(cosine) else np.arange(len(cosine))
+        top = top[np.argsort(-cosine[top], kind="stable")]
+        top = top[np.isfinite(cosine[top])]
+        return self.items.decode(top).tolist(), cosine[top].astype(float).tolist()
 
     def _package(
         self, user_id: int | None, scores: np.ndarray, top: np.ndarray, history: tuple[np.ndarray, np.ndarray] | None, source: str

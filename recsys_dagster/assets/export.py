@@ -1,4 +1,5 @@
-"""Export: the trained model as ONNX (fp32 + int8), parity-checked against PyTorch and registered as `challenger`."""
+"""Export: the trained model as ONNX (fp32 + int8) with its item index, parity- and recall-checked, registered as
+`challenger`."""
 
 import shutil
 from typing import Any
@@ -27,6 +28,7 @@ from recsys_core.export import (
     register_onnx_model,
 )
 from recsys_core.model import ModelBundle
+from recsys_core.retrieval import IndexConfig
 from recsys_core.paths import recsys_home
 from recsys_core.serving.scorer import OnnxScorer
 from recsys_dagster.metadata import table
@@ -39,6 +41,12 @@ class ExportConfig(Config):
     parity_rtol: float = Field(1e-4, description="Relative tolerance for user vectors and scores.")
     parity_atol: float = Field(1e-4, description="Absolute tolerance for user vectors and scores.")
     int8_users: int = Field(300, description="Users on which int8 rankings are compared with fp32.")
+    exact_max_items: int = Field(200_000, description="Up to this many items serving scans exactly; above, an IVF index.")
+    recall_target: float = Field(0.95, description="recall@10 of the index against the exact scan that export tunes for.")
+    recall_users: int = Field(500, description="Users sampled (seeded) to measure the index's recall@10 at export.")
+
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(exact_max_items=self.exact_max_items, target_recall=self.recall_target)
 
 
 def _providers(compute: ComputeResource) -> str:
@@ -71,7 +79,7 @@ def onnx_model(
     if export_target.exists():
         shutil.rmtree(export_target)
     fp32_dir, int8_dir = export_target / "fp32", export_target / "int8"
-    manifest = export_onnx(model_dir, fp32_dir, validated_items)
+    manifest = export_onnx(model_dir, fp32_dir, validated_items, config.index_config(), config.recall_users)
     providers = _providers(compute)
 
     parity = _parity(model_dir, str(fp32_dir), providers, config)
@@ -100,6 +108,7 @@ def onnx_model(
         "fingerprint": manifest["fingerprint"],
         "n_items": manifest["n_items"],
         "dim": manifest["dim"],
+        "retrieval": manifest["retrieval"],
         "parity": parity,
         "int8": int8,
     }
@@ -111,6 +120,8 @@ def onnx_model(
         "mlflow_run": MetadataValue.url(registered["run_url"]),
         "onnx_dir": MetadataValue.path(str(fp32_dir)),
         "parity": table(pd.DataFrame([parity])),
+        "retrieval": MetadataValue.json(manifest["retrieval"]),
+        "recall_at_10": MetadataValue.float(float(manifest["retrieval"]["recall_at_10"])),
         "int8_vs_fp32": table(pd.DataFrame([int8])),
         "sizes": table(sizes),
         "export_seconds": MetadataValue.float(manifest["export_seconds"]),
@@ -127,3 +138,22 @@ def onnx_parity(onnx_model: dict) -> AssetCheckResult:
         metadata={key: MetadataValue.float(float(value)) if isinstance(value, float) else MetadataValue.text(str(value))
                   for key, value in parity.items()},  # fmt: skip
     )
+
+
+def recall_check(retrieval: dict[str, Any], target: float) -> AssetCheckResult:
+    """Passes when the serving index's recall@10 (measured at export) reaches `target`; the exact scan always does."""
+    recall = float(retrieval["recall_at_10"])
+    return AssetCheckResult(
+        passed=recall >= target,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"recall_at_10": MetadataValue.float(recall), "target": MetadataValue.float(target),
+                  "index": MetadataValue.json(retrieval)},  # fmt: skip
+    )
+
+
+@asset_check(
+    asset=onnx_model, blocking=True,
+    description="recall@10 of the serving item index against the exact scan, on users sampled at export, is >= 0.95.",
+)  # fmt: skip
+def index_recall(onnx_model: dict) -> AssetCheckResult:
+    return recall_check(onnx_model["retrieval"], ExportConfig().recall_target)

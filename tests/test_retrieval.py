@@ -1,0 +1,91 @@
+"""The item index: recall against the exact scan, exclusions, save/load, one copy of the matrix; export and check."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from recsys_core.bench.serving import build_random_bundle, random_ratings
+from recsys_core.export import export_onnx
+from recsys_core.model import ModelBundle
+from recsys_core.retrieval import INDEX_FILE, IndexConfig, ItemIndex, exact_top_k, recall_at_k
+from recsys_core.serving.scorer import History, OnnxScorer
+from recsys_dagster.assets.export import recall_check
+
+
+def clustered(n_items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Items around 50 centres with different norms, users mixing two items: structure an index can use."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim)).astype(np.float32)
+    items = centres[rng.integers(0, 50, n_items)] + 0.3 * rng.standard_normal((n_items, dim), dtype=np.float32)
+    items *= rng.uniform(0.5, 1.5, (n_items, 1)).astype(np.float32)
+    users = items[rng.integers(0, n_items, (40, 2))].sum(1) + 0.1 * rng.standard_normal((40, dim), dtype=np.float32)
+    return items, users
+
+
+def test_exact_top_k_in_chunks_with_exclusions() -> None:
+    rng = np.random.default_rng(1)
+    matrix, users = rng.standard_normal((1000, 8)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)
+    exclude = [np.array([5, 999]), np.zeros(0, np.int64), np.arange(0, 1000, 2)]
+    scores, idx = exact_top_k(matrix, users, 10, exclude, chunk=128)
+    full = users @ matrix.T
+    for row, items in enumerate(exclude):
+        full[row, items] = -np.inf
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, idx, axis=1), rtol=1e-5)
+    few, few_idx = exact_top_k(matrix[:4], users, 10, [np.array([0])] * 3)
+    assert few.shape == (3, 4) and (few_idx[:, -1] == -1).all() and np.isneginf(few[:, -1]).all()
+
+
+def test_index_recall_exclusions_and_one_matrix(tmp_path: Path) -> None:
+    matrix, users = clustered(20_000, 32)
+    index = ItemIndex.build(matrix, IndexConfig(nprobe=1, target_recall=0.95))
+    assert index.params["kind"] == "ivf-sq8" and index.matrix is matrix
+    assert index.nbytes < matrix.nbytes / 2  # codes and ids beside the one float32 matrix
+    exclude = [np.asarray(exact_top_k(matrix, users[i : i + 1], 3)[1][0]) for i in range(len(users))]
+    recall = index.tune(users, exclude)
+    assert recall >= 0.95 and index.params["nprobe"] > 1  # one probe is not enough on this data
+    scores, found = index.search(users, 10, exclude)
+    assert not any(np.isin(found[row], exclude[row]).any() for row in range(len(users)))
+    np.testing.assert_allclose(scores, np.einsum("bd,bkd->bk", users, matrix[found]), rtol=1e-5)  # exact re-rank
+    assert recall_at_k(found, exact_top_k(matrix, users, 10, exclude)[1]) == pytest.approx(recall)
+    index.save(tmp_path / INDEX_FILE)
+    loaded = ItemIndex.load(tmp_path / INDEX_FILE, matrix, index.params)
+    np.testing.assert_array_equal(loaded.search(users, 10, exclude)[1], found)
+    with pytest.raises(ValueError, match="index holds 20000 items"):
+        ItemIndex.load(tmp_path / INDEX_FILE, matrix[:100], index.params)
+
+
+def test_pq_codes_when_memory_asks() -> None:
+    matrix, users = clustered(4_000, 17)
+    index = ItemIndex.build(matrix, IndexConfig(max_code_bytes=1000))
+    assert index.params["kind"] == "ivf-pq" and index.params["code_bytes_per_item"] == 5  # 17 -> 20 dims / 4
+    assert index.tune(users, None) >= 0.9
+
+
+@pytest.mark.slow
+def test_export_builds_the_index_and_serving_uses_it(tmp_path: Path) -> None:
+    ratings = random_ratings(60, 400, per_user=15, seed=2)
+    model_dir = build_random_bundle(tmp_path / "model", ratings, np.arange(1, 401), dim=16, history_len=8)
+    manifest = export_onnx(model_dir, tmp_path / "fp32", index_config=IndexConfig(exact_max_items=100), recall_users=60)
+    retrieval = manifest["retrieval"]
+    assert retrieval["kind"] == "ivf-sq8" and retrieval["recall_users"] == 60 and retrieval["recall_at_10"] >= 0.95
+    assert json.loads((tmp_path / "fp32" / "manifest.json").read_text())["retrieval"] == retrieval
+    graph = onnx.load(str(tmp_path / "fp32" / "user_encoder.onnx")).graph
+    assert all(400 not in init.dims for init in graph.initializer)  # the user graph holds no catalogue
+    scorer = OnnxScorer.from_dir(tmp_path / "fp32", providers="cpu")
+    bundle = ModelBundle.load(model_dir)
+    assert scorer.index is not None and scorer.index.matrix is scorer.item_matrix
+    user = int(bundle.user_index.ids[0])
+    (served,) = scorer.recommend([user], k=10)
+    assert len(served.item_ids) == 10 and not set(served.item_ids) & set(bundle.item_index.decode(bundle.seen_items(0)).tolist())
+    history = History(*(a[:1] for a in (scorer.histories.items, scorer.histories.ratings, scorer.histories.mask)))
+    _, exact = exact_top_k(scorer.item_matrix, scorer.user_vectors(np.array([0]), history), 10, [bundle.seen_items(0)])
+    assert len(set(served.item_ids) & set(bundle.item_index.decode(exact[0]).tolist())) >= 8
+
+
+def test_recall_check_blocks_below_target() -> None:
+    assert recall_check({"kind": "exact", "recall_at_10": 1.0}, 0.95).passed
+    assert not recall_check({"kind": "ivf-sq8", "recall_at_10": 0.9}, 0.95).passed
