@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -65,3 +66,35 @@ class RedisServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class Processes:
+    """Long-running child processes of one test, each logging to a file, all stopped (SIGTERM, then SIGKILL) at exit."""
+
+    def __init__(self, directory: Path, env: dict[str, str], cwd: Path) -> None:
+        self.directory, self.env, self.cwd = directory, env, cwd
+        self.started: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        with (self.directory / f"{name}.log").open("w") as log:
+            process = subprocess.Popen(args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+        self.started[name] = process
+        return process
+
+    def exited(self) -> list[str]:
+        return [name for name, process in self.started.items() if process.poll() is not None]
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text()[-4000:]
+
+    def stop(self) -> None:
+        for process in self.started.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.started.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -42,32 +42,26 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict:
     vectors = np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32)
     features = ItemTextFeatures(ids, vectors, n_encoded=len(ids), n_reused=0, model_id="random", fingerprint="f" * 16)
     path = features.save(tmp_path_factory.mktemp("text") / "features.npz")
-    return {"train": split.train, "validation": split.validation, "items": items, "text": {"path": str(path)}}
+    return {"train_ratings": split.train, "validation_ratings": split.validation, "validated_items": items,
+            "item_text_features": {"path": str(path)}}  # fmt: skip
+
+
+def source(name: str, value: object):
+    """An upstream asset of `trained_model` that returns a fixed value."""
+
+    @asset(name=name)
+    def fixed():
+        return value
+
+    return fixed
 
 
 def train(sources: dict, tmp_path: Path, nproc_per_node: int) -> tuple[dict, dict, str]:
     """Materialises `trained_model` from the fixed sources; returns its manifest, metadata and MLflow tracking URI."""
-
-    @asset(name="train_ratings")
-    def train_ratings():
-        return sources["train"]
-
-    @asset(name="validation_ratings")
-    def validation_ratings():
-        return sources["validation"]
-
-    @asset(name="validated_items")
-    def validated_items():
-        return sources["items"]
-
-    @asset(name="item_text_features")
-    def item_text_features():
-        return sources["text"]
-
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
-            [train_ratings, validation_ratings, validated_items, item_text_features, trained_model],
+            [*(source(name, value) for name, value in sources.items()), trained_model],
             resources={"io_manager": RecsysIOManager(base_dir=str(tmp_path / f"assets{nproc_per_node}")),
                        "mlflow": MlflowResource(tracking_uri=tracking_uri, experiment_name="ddp"),
                        "compute": ComputeResource(device="cpu")},

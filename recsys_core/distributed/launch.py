@@ -56,8 +56,8 @@ def train_with_torchrun(
             raise RuntimeError(f"torchrun exited with {completed.returncode}:\n{completed.stderr[-4000:]}")
         outcome = json.loads((workdir / "result.json").read_text())
         bundle = ModelBundle.load(workdir / "model")
-    for row in outcome["history"]:
-        if on_epoch is not None:
+    if on_epoch is not None:
+        for row in outcome["history"]:
             on_epoch(int(row["epoch"]), row)
     return TrainResult(bundle, outcome["history"], outcome["best_epoch"], outcome["train_seconds"], outcome["final_metrics"])
 
