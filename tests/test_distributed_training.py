@@ -34,6 +34,29 @@ def test_hooks_are_the_identity_without_a_process_group() -> None:
     assert np.array_equal(all_reduce_mean(np.array([1.0, 2.0])), [1.0, 2.0])
 
 
+def _rank(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    order, batch_size = shard_epoch(torch.arange(5), 4)
+    torch.manual_seed(0)
+    model = wrap_ddp(torch.nn.Linear(3, 1))
+    model(torch.full((2, 3), float(rank + 1))).sum().backward()  # different data per rank, averaged gradients
+    grad = next(model.parameters()).grad
+    mean = all_reduce_mean(np.array([float(rank), 10.0]))
+    torch.save({"order": order, "batch_size": batch_size, "ddp": type(model).__name__, "grad": grad, "mean": mean},
+               f"{out_dir}/{rank}.pt")  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+def test_hooks_shard_and_average_across_two_gloo_ranks(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    first, second = (torch.load(tmp_path / f"{rank}.pt", weights_only=False) for rank in (0, 1))
+    assert first["order"].tolist() == [0, 2, 4] and second["order"].tolist() == [1, 3, 0]  # padded: equal step counts
+    assert first["batch_size"] == second["batch_size"] == 2  # half the global batch each
+    assert first["ddp"] == "DistributedDataParallel"
+    assert torch.equal(first["grad"], second["grad"]) and torch.allclose(first["grad"], torch.full((1, 3), 3.0))
+    assert np.allclose(first["mean"], [0.5, 10.0]) and np.allclose(second["mean"], [0.5, 10.0])
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ratings, items = generate_synthetic(n_users=150, n_items=120, n_ratings=4000, seed=3)
