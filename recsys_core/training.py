@@ -226,7 +226,7 @@ class HybridTrainer:
                 factors.users[users], factors.user_bias[users], factors.items[item_rows], factors.item_bias[item_rows]
             )
         self.model.to(self.device)
-        self.step_model = wrap_ddp(self.model)  # what the training steps call: DDP under torchrun, else the model
+        self.step_model = wrap_ddp(self.model)  # the full-softmax step calls this: DDP under torchrun, else the model
         self.padded = _PaddedRatings.build(
             self.user_index.encode(train[USER_ID].to_numpy()),
             self.item_index.encode(train[ITEM_ID].to_numpy()),
@@ -278,11 +278,11 @@ class HybridTrainer:
         n_targets = target_mask.sum(1).clamp(min=1)
         targetf = target_mask.float()
         if self.config.n_negatives > 0:
-            pos_scores, pos_ratings = self.step_model(users, hist_items, hist_ratings, hist_mask, items, with_prior=False)
+            pos_scores, pos_ratings = self.model(users, hist_items, hist_ratings, hist_mask, items, with_prior=False)
             negatives = torch.multinomial(
                 self.sampling_probs, self.config.n_negatives, replacement=True, generator=self.generator
             ).to(self.device)
-            neg_scores, _ = self.step_model(
+            neg_scores, _ = self.model(
                 users, hist_items, hist_ratings, hist_mask, negatives.expand(len(users), -1), with_prior=False
             )
             log_q = torch.log(self.sampling_probs.to(self.device) * self.config.n_negatives)
