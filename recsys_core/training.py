@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from recsys_core.baselines import BiasedMF, ImplicitALS
 from recsys_core.device import resolve_device
+from recsys_core.distributed import all_reduce_mean, shard_epoch, wrap_ddp
 from recsys_core.metrics import ranking_metrics, rmse
 from recsys_core.model import (
     HybridConfig,
@@ -225,6 +226,7 @@ class HybridTrainer:
                 factors.users[users], factors.user_bias[users], factors.items[item_rows], factors.item_bias[item_rows]
             )
         self.model.to(self.device)
+        self.step_model = wrap_ddp(self.model)  # the full-softmax step calls this: DDP under torchrun, else the model
         self.padded = _PaddedRatings.build(
             self.user_index.encode(train[USER_ID].to_numpy()),
             self.item_index.encode(train[ITEM_ID].to_numpy()),
@@ -291,7 +293,7 @@ class HybridTrainer:
             lse = torch.logaddexp(pos_logits, torch.logsumexp(neg_logits, dim=1, keepdim=True))
             ranking = ((lse - pos_logits) * targetf).sum(1) / n_targets
         else:
-            scores, all_ratings = self.model(users, hist_items, hist_ratings, hist_mask, with_prior=False)
+            scores, all_ratings = self.step_model(users, hist_items, hist_ratings, hist_mask, with_prior=False)
             history_dense = torch.zeros_like(scores).scatter_add_(1, hist_items, hist_mask.float()) > 0
             log_probs = torch.log_softmax(scores.masked_fill(history_dense, float("-inf")), dim=1)
             ranking = -torch.where(target_mask, log_probs.gather(1, items), 0.0).sum(1) / n_targets
@@ -303,11 +305,11 @@ class HybridTrainer:
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
-        order = torch.randperm(len(self.user_index), generator=self.generator)
+        order, batch_size = shard_epoch(torch.randperm(len(self.user_index), generator=self.generator), self.config.batch_size)
         totals = np.zeros(3)
         n_batches = 0
-        for start in range(0, len(order), self.config.batch_size):
-            batch = self._batch(order[start : start + self.config.batch_size])
+        for start in range(0, len(order), batch_size):
+            batch = self._batch(order[start : start + batch_size])
             ranking, rating = self._losses(batch)
             loss = self.config.ranking_weight * ranking + self.config.rating_weight * rating
             self.optimizer.zero_grad(set_to_none=True)
@@ -317,7 +319,7 @@ class HybridTrainer:
                 self.scheduler.step()
             totals += [loss.item(), ranking.item(), rating.item()]
             n_batches += 1
-        loss, ranking, rating = totals / max(n_batches, 1)
+        loss, ranking, rating = all_reduce_mean(totals / max(n_batches, 1))
         return {"train_loss": loss, "train_ranking_loss": ranking, "train_rating_mse": rating}
 
     def evaluate(self, validation: pd.DataFrame) -> dict[str, float]:

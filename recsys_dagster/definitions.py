@@ -6,6 +6,7 @@ from dagster import Definitions, load_asset_checks_from_modules, load_assets_fro
 
 from recsys_dagster.assets import ab, evaluation, events, export, features, ingestion, online_ab, split, training, validation
 from recsys_dagster.checks import CHECKS
+from recsys_dagster.executors import executor_for
 from recsys_dagster.jobs import JOBS, SCHEDULES
 from recsys_dagster.resources import resources_for
 from recsys_dagster.sensors import SENSORS
@@ -31,4 +32,5 @@ defs = Definitions(
     schedules=SCHEDULES,
     sensors=[*SENSORS, online_ab.online_ab_report_sensor],
     resources=resources_for(),
+    executor=executor_for(),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from recsys_core.events.redis_process import free_port
+
 
 @contextmanager
 def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str = "/health") -> Iterator[httpx.Client]:
@@ -30,6 +32,7 @@ def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str 
             if server.poll() is not None:
                 raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
             try:
+<<<<<<< HEAD
                 if client.get(ready_path).status_code == 200:
                     break
             except httpx.HTTPError:
@@ -42,3 +45,59 @@ def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str 
         client.close()
         server.terminate()
         server.wait(timeout=20)
+=======
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash looks like to the clients and to the AOF."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Processes:
+    """Long-running child processes of one test, each logging to a file, all stopped (SIGTERM, then SIGKILL) at exit."""
+
+    def __init__(self, directory: Path, env: dict[str, str], cwd: Path) -> None:
+        self.directory, self.env, self.cwd = directory, env, cwd
+        self.started: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        with (self.directory / f"{name}.log").open("w") as log:
+            process = subprocess.Popen(args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+        self.started[name] = process
+        return process
+
+    def exited(self) -> list[str]:
+        return [name for name, process in self.started.items() if process.poll() is not None]
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text()[-4000:]
+
+    def stop(self) -> None:
+        for process in self.started.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.started.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+>>>>>>> scaleout

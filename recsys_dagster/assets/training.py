@@ -7,6 +7,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, MetadataValue, Output, asset
 from pydantic import Field
 
+from recsys_core.distributed.launch import train_with_torchrun
 from recsys_core.paths import recsys_home
 from recsys_core.schema import ratings_fingerprint
 from recsys_core.text_features import load_item_text_features
@@ -35,6 +36,8 @@ class TrainingConfig(Config):
     rating_prior_dim: int = Field(TrainConfig.rating_prior_dim, description="Width of the biased MF blended into predicted ratings; 0 turns it off.")
     rating_prior_weight: float = Field(TrainConfig.rating_prior_weight, description="Share of the MF in the predicted rating.")
     patience: int = Field(TrainConfig.patience, description="Epochs without a better validation nDCG before stopping.")
+    nproc_per_node: int = Field(1, ge=1, description="Processes for data-parallel training (PyTorch DDP under torchrun: "
+                                "gloo on CPU, NCCL with one GPU each); 1 trains in this process.")  # fmt: skip
 
 
 def _loss_figure(result: TrainResult):
@@ -78,7 +81,7 @@ def trained_model(
 ) -> Output[dict]:
     text = load_item_text_features(item_text_features["path"])
     device = compute.torch_device()
-    train_config = TrainConfig(**config.model_dump(), seed=compute.seed, device=str(device), show_progress=True)
+    train_config = TrainConfig(**config.model_dump(exclude={"nproc_per_node"}), seed=compute.seed, device=str(device), show_progress=True)
     fingerprint = ratings_fingerprint(train_ratings, validation_ratings)
     settings = mlflow.settings()
     experiment_id = settings.activate()
@@ -90,11 +93,17 @@ def trained_model(
         "text_model": text.model_id,
     }
     with mlflow_api.start_run(run_name=f"trained_model-{context.run_id[:8]}", tags=tags) as run:
-        mlflow_api.log_params({**train_config.to_dict(), "n_train": len(train_ratings), "n_validation": len(validation_ratings)})
-        result = train_hybrid(
-            train_ratings, validation_ratings, validated_items, text, train_config,
-            on_epoch=lambda epoch, row: mlflow_api.log_metrics({k.replace("@", "_at_"): v for k, v in row.items()}, step=epoch),
-        )  # fmt: skip
+        mlflow_api.log_params({**train_config.to_dict(), "n_train": len(train_ratings), "n_validation": len(validation_ratings),
+                               "world_size": config.nproc_per_node})  # fmt: skip
+
+        def log_epoch(epoch: int, row: dict[str, float]) -> None:
+            mlflow_api.log_metrics({k.replace("@", "_at_"): v for k, v in row.items()}, step=epoch)
+
+        if config.nproc_per_node > 1:
+            result = train_with_torchrun(train_ratings, validation_ratings, validated_items, item_text_features["path"],
+                                         train_config, config.nproc_per_node, on_epoch=log_epoch)  # fmt: skip
+        else:
+            result = train_hybrid(train_ratings, validation_ratings, validated_items, text, train_config, on_epoch=log_epoch)
         model_dir = recsys_home() / "artifacts" / "trained_model" / run.info.run_id
         result.bundle.save(model_dir)
         mlflow_api.log_artifact(str(model_dir / "model.safetensors"), "model")
@@ -138,6 +147,7 @@ def trained_model(
             "epochs_run": MetadataValue.int(len(result.history)),
             "n_parameters": MetadataValue.int(n_parameters),
             "device": str(device),
+            "world_size": MetadataValue.int(config.nproc_per_node),
             "mlflow_run": MetadataValue.url(manifest["run_url"]),
             "mlflow_run_id": run_id,
             "loss_curve": figure(fig, "training losses and validation metrics per epoch"),
