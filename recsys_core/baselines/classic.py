@@ -1,4 +1,4 @@
-"""Classic baselines the hybrid model is compared against, with the same interface as `ModelBundle`:
+"""Classic baselines, and the shared `MatrixRecommender` interface (the same as `ModelBundle`'s):
 `recommend(user_ids, k, exclude_seen, candidates) -> DataFrame[user_id, item_id, rank, score]` and
 `predict_ratings(user_ids, item_ids) -> ndarray`, so a benchmark treats every model alike.
 
@@ -7,7 +7,8 @@
 - `BiasedMF`: Funk-style biased matrix factorisation of explicit ratings (Koren, Bell, Volinsky 2009), trained with
   minibatch Adam on MSE + L2: what Surprise's SVD computes.
 - `ImplicitALS`: weighted matrix factorisation for implicit feedback (Hu, Koren, Volinsky 2008), exact alternating
-  least squares with confidence 1 + alpha for observed pairs.
+  least squares with confidence 1 + alpha for observed pairs. Kept (beside `implicit`'s ALS) because the hybrid
+  uses it as its prior and it is exact and deterministic on one thread.
 """
 
 from __future__ import annotations
