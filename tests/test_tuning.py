@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,20 @@ def test_every_baseline_space_builds_its_model_and_the_search_keeps_the_best(spl
     assert len(tune_baseline("most_popular", parts.train, parts.validation, items, Budget(trials=5)).trials) == 1
     with pytest.raises(ValueError, match="trials >= 1"):
         Budget(trials=0)
+
+
+def test_ease_prior_is_its_low_rank_scores_and_trains(split) -> None:
+    from recsys_core.baselines import EASE
+    from recsys_core.training import train_hybrid
+
+    parts, items = split
+    ease = EASE(reg=50.0).fit(parts.train, items)
+    users, item_factors = ease.low_rank(len(ease.item_index))  # full rank: exactly EASE's scores
+    np.testing.assert_allclose(users @ item_factors.T, ease.seen.astype(np.float32) @ ease.weights, atol=1e-4)
+    config = replace(TINY, prior="ease", prior_reg=50.0, epochs=1)
+    bundle = train_hybrid(parts.train, None, items, None, config).bundle
+    prior_users = bundle.model.user_prior[: bundle.config.n_users].numpy()
+    low_users, _ = ease.low_rank(config.prior_dim)
+    np.testing.assert_allclose(prior_users, low_users[ease.user_index.encode(bundle.user_index.ids)], atol=1e-4)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        TrainConfig(prior="knn")

@@ -14,14 +14,18 @@ Space = Callable[[optuna.Trial], dict[str, Any]]
 
 
 def hybrid_space(trial: optuna.Trial) -> dict[str, Any]:
-    """The `TrainConfig` knobs that moved validation nDCG most when they were hand-tuned."""
-    return {
+    """The `TrainConfig` knobs that moved validation nDCG most when they were hand-tuned, and which prior to use."""
+    params = {
         "lr": trial.suggest_float("lr", 1e-3, 2e-2, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 0.01, 1.0, log=True),
         "dropout": trial.suggest_float("dropout", 0.0, 0.5),
         "history_keep": trial.suggest_float("history_keep", 0.3, 0.8),
+        "prior": trial.suggest_categorical("prior", ["als", "ease"]),
         "prior_weight": trial.suggest_float("prior_weight", 1.0, 30.0, log=True),
     }
+    if params["prior"] == "ease":
+        params["prior_reg"] = trial.suggest_float("prior_reg", 10.0, 5000.0, log=True)
+    return params
 
 
 BASELINE_SPACES: dict[str, Space] = {
