@@ -46,3 +46,8 @@ def test_implicit_library_models_complete_the_partial_user_and_are_seeded(make) 
     fitted = make().fit(WITH_PARTIAL_USER)
     assert fitted.recommend(np.array([5]), k=1)["item_id"].tolist() == [11]
     np.testing.assert_array_equal(make().fit(WITH_PARTIAL_USER).factors.items, fitted.factors.items)
+
+
+def test_an_unknown_user_gets_the_most_popular_items() -> None:
+    model = EASE(reg=1.0).fit(WITH_PARTIAL_USER)
+    assert model.recommend(np.array([99]), k=2)["item_id"].tolist() == [10, 11]  # 10 rated 3 times, 11 twice

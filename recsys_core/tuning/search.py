@@ -7,6 +7,7 @@ as long as the minutes budget does not cut the study short (a wall-clock limit d
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -50,7 +51,10 @@ class SearchResult:
 Objective = Callable[[dict[str, Any], optuna.Trial], float]
 
 
-def _search(model: str, space: Space, objective: Objective, budget: Budget, log_mlflow: bool) -> SearchResult:
+def _search(
+    model: str, space: Space, objective: Objective, budget: Budget, log_mlflow: bool, defaults: dict[str, Any]
+) -> SearchResult:
+    """Trial 0 is the model's defaults, so a search never ends below them on validation."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize",
@@ -58,6 +62,8 @@ def _search(model: str, space: Space, objective: Objective, budget: Budget, log_
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3),
         study_name=f"{model}-seed{budget.seed}",
     )
+
+    study.enqueue_trial(defaults, skip_if_exists=True)
 
     def run_trial(trial: optuna.Trial) -> float:
         params = space(trial)
@@ -109,7 +115,9 @@ def tune_baseline(
     def objective(params: dict[str, Any], trial: optuna.Trial) -> float:
         return validation_ndcg(RANKING_BASELINES[name](**params, seed=budget.seed).fit(train, items), validation, k)
 
-    return _search(name, space, objective, budget, log_mlflow)
+    signature = inspect.signature(RANKING_BASELINES[name])
+    defaults = {key: p.default for key, p in signature.parameters.items() if key != "seed"}
+    return _search(name, space, objective, budget, log_mlflow, defaults)
 
 
 def tune_hybrid(
@@ -136,4 +144,4 @@ def tune_hybrid(
         trial.set_user_attr("best_epoch", result.best_epoch)
         return result.final_metrics[f"val_ndcg@{base.k}"]
 
-    return _search("hybrid", space, objective, budget, log_mlflow)
+    return _search("hybrid", space, objective, budget, log_mlflow, base.to_dict())

@@ -42,6 +42,7 @@ LEAD, TOWER_GAIN, MAX_SECONDS = 1.02, 1.02, 900.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="the MovieLens 100k folder (u.data, u.item); without it: synthetic data")
     parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--recs-out", help="write the hybrid's top-10 per test user of the first protocol and seed")
     parser.add_argument("--seeds", default="0,1,2", help="split (and model) seeds to average over")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="which of: " + ", ".join(PROTOCOLS))
     parser.add_argument("--trials", type=int, default=6, help="search trials per model and protocol (all models alike)")
@@ -61,8 +62,8 @@ def _data(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, ItemTex
     return ratings, items, text
 
 
-def _scores(model: Any, refit: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
-    """Test metrics over every test user, the cold-user slice and the cold-item slice."""
+def _scores(model: Any, refit: pd.DataFrame, test: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
+    """Test metrics over every test user, the cold-user slice and the cold-item slice; and the top-k lists."""
     users = np.unique(test[USER_ID].to_numpy(np.int64))
     recs = model.recommend(users, k=K, exclude_seen=True)
     per_user = per_user_ranking_metrics(recs, test, K)
@@ -75,7 +76,7 @@ def _scores(model: Any, refit: pd.DataFrame, test: pd.DataFrame) -> dict[str, fl
     cold_items = per_user_ranking_metrics(recs, cold_rows, K)
     out["cold_item_users"] = float(len(cold_items))
     out[f"cold_items_ndcg@{K}"] = float(cold_items[f"ndcg@{K}"].mean()) if len(cold_items) else np.nan
-    return out
+    return out, recs
 
 
 class _Contenders:
@@ -170,8 +171,11 @@ def run(args: argparse.Namespace) -> int:
                 fit_started = time.perf_counter()
                 model = contenders.fit(name, split.refit, seed)
                 fit_s = time.perf_counter() - fit_started
-                rows.append({"protocol": protocol, "model": name, "seed": seed, **_scores(model, split.refit, split.test),
-                             "fit_s": round(fit_s, 1)})  # fmt: skip
+                metrics, recs = _scores(model, split.refit, split.test)
+                rows.append({"protocol": protocol, "model": name, "seed": seed, **metrics, "fit_s": round(fit_s, 1)})
+                if args.recs_out and name == "hybrid" and len(rows) == len(RANKING_BASELINES) + 3:
+                    Path(args.recs_out).parent.mkdir(parents=True, exist_ok=True)
+                    recs[[USER_ID, ITEM_ID, "rank", "score"]].to_parquet(args.recs_out, index=False)
                 print(f"[{protocol} seed {seed}] {name}: nDCG@10 {rows[-1][f'ndcg@{K}']:.4f} ({fit_s:.0f} s)", flush=True)
         timings[f"{protocol}_s"] = round(time.perf_counter() - phase, 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
