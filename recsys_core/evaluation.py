@@ -40,10 +40,11 @@ class FittedModel(Protocol):
 
 
 def fit_baselines(train: pd.DataFrame, items: pd.DataFrame | None, seed: int = 42) -> dict[str, FittedModel]:
-    """Most-popular, biased MF and implicit ALS from `recsys_core.baselines`, fitted on the same training split."""
-    from recsys_core.baselines import BiasedMF, ImplicitALS, MostPopular
+    """Every `recsys_core.baselines` model with its defaults, fitted on the same training split."""
+    from recsys_core.baselines import EASE, BiasedMF, ImplicitALS, LibALS, LibBPR, MostPopular, RP3beta
 
-    return {model.name: model.fit(train, items) for model in (MostPopular(seed=seed), BiasedMF(seed=seed), ImplicitALS(seed=seed))}
+    models = (MostPopular, BiasedMF, ImplicitALS, EASE, RP3beta, LibALS, LibBPR)
+    return {model.name: model(seed=seed).fit(train, items) for model in models}
 
 
 def model_recommender(model: FittedModel) -> Recommender:

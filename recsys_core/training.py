@@ -8,9 +8,11 @@ history, which is what serving does with the most recent items. Losses on the ta
   catalogues of a few thousand items), or a sampled softmax with popularity-proportional negatives and the logQ
   correction (`n_negatives>0`, for large catalogues);
 - rating: MSE of the predicted rating.
-With `prior_dim > 0`, implicit ALS (`recsys_core.baselines.ImplicitALS`) is fitted on the same training ratings first
-and loaded as the model's fixed prior (items never rated in training get ALS factors mapped from their text); the
-losses leave it out, so the towers learn alone and the served score is the ensemble `towers + prior_weight * ALS`.
+With `prior_dim > 0`, a collaborative prior is fitted on the same training ratings first and loaded as the model's
+fixed prior factors (items never rated in training get factors mapped from their text): implicit ALS
+(`prior="als"`, `recsys_core.baselines.ImplicitALS`) or the rank-`prior_dim` SVD of EASE's scores (`prior="ease"`,
+`EASE.low_rank`). The losses leave it out, so the towers learn alone and the served score is the ensemble
+`towers + prior_weight * prior`.
 Likewise `rating_prior_dim > 0` fits `BiasedMF`, and the predicted rating is
 `(1 - rating_prior_weight) * towers + rating_prior_weight * MF`.
 Validation (when given) ranks every item for each validation user from the stored training histories with the
@@ -30,7 +32,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from recsys_core.baselines import BiasedMF, ImplicitALS
+from recsys_core.baselines import EASE, BiasedMF, ImplicitALS
 from recsys_core.device import resolve_device
 from recsys_core.distributed import all_reduce_mean, shard_epoch, wrap_ddp
 from recsys_core.metrics import ranking_metrics, rmse
@@ -54,10 +56,18 @@ class TextVectors(Protocol):
 
 # Ridge penalty of the text -> ALS-factor map for unrated items (chosen on a seed-7 cold split; 0.1 and 10 were worse).
 PRIOR_TEXT_RIDGE = 1.0
+PRIORS = ("als", "ease")
 
 
 @dataclass
 class TrainConfig:
+    """The hybrid's knobs. The defaults were picked on validation splits only (the seed-7 random split of ml-100k,
+    never a test part); `prior="ease"` / `prior_reg` are new and not defaults: the Optuna search
+    (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench quality`) chooses between
+    the ALS and EASE priors, and re-picks lr, weight decay, dropout, history_keep and prior_weight, on the
+    validation split of the user's own data.
+    """
+
     dim: int = 64
     history_len: int = 256
     n_heads: int = 1
@@ -74,8 +84,10 @@ class TrainConfig:
     n_negatives: int = 0
     popularity_alpha: float = 0.75
     history_keep: float = 0.5
+    prior: str = "als"
     prior_dim: int = 64
     prior_weight: float = 15.0
+    prior_reg: float = 250.0
     rating_prior_dim: int = 64
     rating_prior_weight: float = 0.4
     patience: int = 8
@@ -87,6 +99,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"TrainConfig needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"TrainConfig.prior must be one of {PRIORS}, got {self.prior!r}")
         if not 0.0 < self.history_keep < 1.0:
             raise ValueError(f"TrainConfig.history_keep must be in (0, 1), got {self.history_keep}")
         if self.rating_weight < 0 or self.ranking_weight < 0 or self.rating_weight + self.ranking_weight == 0:
@@ -213,11 +227,10 @@ class HybridTrainer:
         self.model = HybridRecommender(self.model_config)
         self.model.set_item_features(text_matrix, self.popularity)
         if config.prior_dim:
-            prior = ImplicitALS(dim=config.prior_dim, seed=config.seed).fit(train, items)
-            item_factors = prior.factors.items[prior.item_index.encode(self.item_index.ids)]
+            user_factors, item_factors = self._prior_factors(train, items)
             if text_matrix is not None:
                 item_factors = _factors_from_text(text_matrix, item_factors, self.popularity > 0)
-            self.model.set_prior(prior.factors.users[prior.user_index.encode(self.user_index.ids)], item_factors)
+            self.model.set_prior(user_factors, item_factors)
         if config.rating_prior_dim:
             mf = BiasedMF(dim=config.rating_prior_dim, seed=config.seed).fit(train, items)
             users, item_rows = mf.user_index.encode(self.user_index.ids), mf.item_index.encode(self.item_index.ids)
@@ -248,6 +261,19 @@ class HybridTrainer:
         histories = build_histories(train, self.user_index, self.item_index, config.history_len)
         indptr, indices = build_seen(train, self.user_index, self.item_index)
         self.bundle = ModelBundle(self.model, self.user_index, self.item_index, histories, indptr, indices, self.popularity)
+
+    def _prior_factors(self, train: pd.DataFrame, items: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
+        """(user, item) prior factors aligned with this trainer's indexes."""
+        config = self.config
+        if config.prior == "ease":
+            ease = EASE(reg=config.prior_reg, seed=config.seed).fit(train, items)
+            users, item_factors = ease.low_rank(config.prior_dim)
+            rows = ease.user_index.encode(self.user_index.ids), ease.item_index.encode(self.item_index.ids)
+        else:
+            als = ImplicitALS(dim=config.prior_dim, seed=config.seed).fit(train, items)
+            users, item_factors = als.factors.users, als.factors.items
+            rows = als.user_index.encode(self.user_index.ids), als.item_index.encode(self.item_index.ids)
+        return users[rows[0]], item_factors[rows[1]]
 
     def _batch(self, users: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Random history / target split of each user's training items (the history never holds a target)."""

@@ -32,7 +32,6 @@ def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str 
             if server.poll() is not None:
                 raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
             try:
-<<<<<<< HEAD
                 if client.get(ready_path).status_code == 200:
                     break
             except httpx.HTTPError:
@@ -45,29 +44,6 @@ def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str 
         client.close()
         server.terminate()
         server.wait(timeout=20)
-=======
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
-
-    def kill(self) -> None:
-        """SIGKILL: what a crash looks like to the clients and to the AOF."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 class Processes:
@@ -100,4 +76,3 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
->>>>>>> scaleout

@@ -60,7 +60,7 @@ def test_evaluate_reports_slices_baselines_and_rating_error(trained):
     result = ev.evaluate(ev.model_recommender(bundle), split.train, split.test, items, rating_model=bundle,
                          baselines=baselines, source="model")  # fmt: skip
     assert result.metrics["ndcg@10"] == pytest.approx(m.ranking_metrics(result.recs, split.test, 10)["ndcg@10"])
-    assert list(result.models.index) == ["model", "most_popular", "biased_mf", "implicit_als"]
+    assert list(result.models.index) == ["model", "most_popular", "biased_mf", "implicit_als", "ease", "rp3beta", "als", "bpr"]
     assert {"catalog_coverage", "novelty", "gini_exposure", "rmse"} <= set(result.models.columns)
     assert np.isnan(result.models.loc["implicit_als", "rmse"])  # ALS scores are not ratings
     assert 0 < result.extra["rmse"] < 2

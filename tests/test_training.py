@@ -19,7 +19,7 @@ from recsys_core.synthetic import generate_synthetic
 from recsys_core.text_features import ItemTextFeatures
 from recsys_core.training import TrainConfig, _factors_from_text, train_hybrid
 from recsys_dagster.assets.split import rating_splits
-from recsys_dagster.assets.training import trained_model
+from recsys_dagster.assets.training import trained_model, tuned_config
 from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.resources.tracking import MlflowResource
@@ -138,6 +138,23 @@ def item_text_features() -> dict:
     return SOURCES["text_manifest"]
 
 
+def _materialize_training(tmp_path: Path, instance: DagsterInstance, trials: int, tracking_uri: str):
+    return materialize(
+        [validated_ratings, validated_items, item_text_features, rating_splits, tuned_config, trained_model],
+        resources={
+            "io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")),
+            "mlflow": MlflowResource(tracking_uri=tracking_uri, experiment_name="test"),
+            "compute": ComputeResource(device="cpu"),
+        },
+        run_config={"ops": {
+            "rating_splits": {"config": {"strategy": "random"}},
+            "tuned_config": {"config": {"trials": trials, "epochs": 2}},
+            "trained_model": {"config": {"epochs": 2, "dim": 8, "history_len": 16, "batch_size": 16}},
+        }},  # fmt: skip
+        instance=instance,
+    )
+
+
 def test_trained_model_asset_tracks_a_run_in_mlflow(data, tmp_path: Path, recsys_home: Path) -> None:
     ratings, items = data
     features = text_for(items)
@@ -145,19 +162,7 @@ def test_trained_model_asset_tracks_a_run_in_mlflow(data, tmp_path: Path, recsys
     SOURCES.update(ratings=ratings, items=items, text_manifest={"path": str(path), "fingerprint": features.fingerprint})
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            [validated_ratings, validated_items, item_text_features, rating_splits, trained_model],
-            resources={
-                "io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")),
-                "mlflow": MlflowResource(tracking_uri=tracking_uri, experiment_name="test"),
-                "compute": ComputeResource(device="cpu"),
-            },
-            run_config={"ops": {
-                "rating_splits": {"config": {"strategy": "random"}},
-                "trained_model": {"config": {"epochs": 2, "dim": 8, "history_len": 16, "batch_size": 16}},
-            }},  # fmt: skip
-            instance=instance,
-        )
+        result = _materialize_training(tmp_path, instance, 0, tracking_uri)
         assert result.success
         manifest = result.output_for_node("trained_model")
         event = instance.get_latest_materialization_event(AssetKey("trained_model")).asset_materialization
@@ -177,3 +182,21 @@ def test_trained_model_asset_tracks_a_run_in_mlflow(data, tmp_path: Path, recsys
     assert "data:image/png;base64," in event.metadata["loss_curve"].value
     assert event.metadata["n_parameters"].value == bundle.model.n_parameters()
     assert event.metadata["mlflow_run"].value == manifest["run_url"]
+
+
+def test_tuned_config_searches_on_validation_with_trials_nested_under_the_training_run(data, tmp_path: Path) -> None:
+    ratings, items = data
+    features = text_for(items)
+    path = features.save(tmp_path / "features.npz")
+    SOURCES.update(ratings=ratings, items=items, text_manifest={"path": str(path), "fingerprint": features.fingerprint})
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with DagsterInstance.ephemeral() as instance:
+        result = _materialize_training(tmp_path, instance, 2, tracking_uri)
+        assert result.success
+    tuned, manifest = result.output_for_node("tuned_config"), result.output_for_node("trained_model")
+    assert manifest["run_id"] == tuned["run_id"] and manifest["train_config"]["lr"] == tuned["params"]["lr"]
+    client = mlflow.MlflowClient(tracking_uri)
+    parent = client.get_run(manifest["run_id"])
+    trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(run.info.run_name for run in trials) == ["hybrid-trial-0", "hybrid-trial-1"]
+    assert "tuned_lr" in parent.data.params and "final_val_ndcg_at_10" in parent.data.metrics

@@ -12,6 +12,7 @@ from recsys_core.paths import recsys_home
 from recsys_core.schema import ratings_fingerprint
 from recsys_core.text_features import load_item_text_features
 from recsys_core.training import TrainConfig, TrainResult, train_hybrid
+from recsys_core.tuning import Budget, tune_hybrid
 from recsys_dagster.metadata import figure, table
 from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.tracking import MlflowResource
@@ -31,13 +32,74 @@ class TrainingConfig(Config):
     rating_weight: float = Field(TrainConfig.rating_weight, description="Weight of the rating MSE loss.")
     ranking_weight: float = Field(TrainConfig.ranking_weight, description="Weight of the softmax ranking loss.")
     n_negatives: int = Field(TrainConfig.n_negatives, description="0: full softmax; >0: sampled softmax with popularity-corrected negatives.")
-    prior_dim: int = Field(TrainConfig.prior_dim, description="Width of the implicit-ALS factors added to the ranking score; 0 turns the prior off.")
-    prior_weight: float = Field(TrainConfig.prior_weight, description="Weight of the ALS score beside the towers' score.")
+    prior: str = Field(TrainConfig.prior, description="Collaborative prior: 'als' (implicit ALS) or 'ease' (low-rank EASE scores).")
+    prior_dim: int = Field(TrainConfig.prior_dim, description="Width of the prior's factors added to the ranking score; 0 turns the prior off.")
+    prior_weight: float = Field(TrainConfig.prior_weight, description="Weight of the prior's score beside the towers' score.")
+    prior_reg: float = Field(TrainConfig.prior_reg, description="EASE's L2 penalty (prior='ease' only).")
     rating_prior_dim: int = Field(TrainConfig.rating_prior_dim, description="Width of the biased MF blended into predicted ratings; 0 turns it off.")
     rating_prior_weight: float = Field(TrainConfig.rating_prior_weight, description="Share of the MF in the predicted rating.")
     patience: int = Field(TrainConfig.patience, description="Epochs without a better validation nDCG before stopping.")
     nproc_per_node: int = Field(1, ge=1, description="Processes for data-parallel training (PyTorch DDP under torchrun: "
                                 "gloo on CPU, NCCL with one GPU each); 1 trains in this process.")  # fmt: skip
+
+
+class TuningConfig(Config):
+    """Optuna search of the hybrid's knobs on validation_ratings; `trials=0` (the default) keeps `TrainingConfig`."""
+
+    trials: int = Field(0, description="Trials of the TPE search (0: no search, trained_model uses its own config).")
+    minutes: float = Field(10.0, description="Wall-clock budget of the search; it stops after `trials` or this.")
+    epochs: int = Field(TrainConfig.epochs, description="Upper bound per trial (early stopping and pruning end most sooner).")
+
+
+def _tags(context: AssetExecutionContext, fingerprint: str, text) -> dict[str, str]:
+    return {
+        "dagster.run_id": context.run_id,
+        "dagster.asset_key": "trained_model",
+        "data_fingerprint": fingerprint,
+        "text_features_fingerprint": text.fingerprint,
+        "text_model": text.model_id,
+    }
+
+
+@asset(
+    description="The hybrid's knobs chosen on validation_ratings by an Optuna search (TPE, pruning on validation "
+    "nDCG@10 per epoch); every trial is a nested MLflow run under the training run. Off by default (trials=0).",
+    kinds={"optuna", "mlflow"},
+)
+def tuned_config(
+    context: AssetExecutionContext,
+    config: TuningConfig,
+    train_ratings: pd.DataFrame,
+    validation_ratings: pd.DataFrame,
+    validated_items: pd.DataFrame,
+    item_text_features: dict,
+    mlflow: MlflowResource,
+    compute: ComputeResource,
+) -> Output[dict]:
+    if config.trials < 1 or validation_ratings.empty:
+        return Output({"params": {}, "run_id": None, "dagster_run_id": context.run_id}, metadata={"trials": 0})
+    text = load_item_text_features(item_text_features["path"])
+    base = TrainConfig(epochs=config.epochs, seed=compute.seed, device=str(compute.torch_device()), show_progress=False)
+    settings = mlflow.settings()
+    experiment_id = settings.activate()
+    fingerprint = ratings_fingerprint(train_ratings, validation_ratings)
+    with mlflow_api.start_run(run_name=f"trained_model-{context.run_id[:8]}", tags=_tags(context, fingerprint, text)) as run:
+        budget = Budget(trials=config.trials, minutes=config.minutes, seed=compute.seed)
+        result = tune_hybrid(train_ratings, validation_ratings, validated_items, text, base, budget, log_mlflow=True)
+        mlflow_api.log_params({f"tuned_{key}": value for key, value in result.best_params.items()})
+        mlflow_api.log_metric("tuning_best_val_ndcg_at_10", result.best_value)
+        run_id = run.info.run_id
+    context.log.info(f"search: best validation nDCG@10 {result.best_value:.4f} with {result.best_params}")
+    return Output(
+        {"params": result.best_params, "run_id": run_id, "dagster_run_id": context.run_id},
+        metadata={
+            "trials": MetadataValue.int(len(result.trials)),
+            "pruned": MetadataValue.int(result.n_pruned),
+            "best_val_ndcg_at_10": MetadataValue.float(result.best_value),
+            "search": table(result.trials.round(4)),
+            "mlflow_run": MetadataValue.url(settings.run_url(experiment_id, run_id)),
+        },
+    )
 
 
 def _loss_figure(result: TrainResult):
@@ -65,8 +127,8 @@ def _loss_figure(result: TrainResult):
 
 @asset(
     description="The hybrid recommender (gated ID+text item tower, attention-over-history user tower, ensembled with "
-    "fixed implicit-ALS and biased-MF priors) trained on train_ratings with early stopping on validation_ratings; "
-    "one MLflow run per materialisation.",
+    "fixed implicit-ALS and biased-MF priors) trained on train_ratings with early stopping on validation_ratings, "
+    "with tuned_config's knobs when a search ran; one MLflow run per materialisation.",
     kinds={"pytorch", "mlflow"},
 )
 def trained_model(
@@ -76,23 +138,21 @@ def trained_model(
     validation_ratings: pd.DataFrame,
     validated_items: pd.DataFrame,
     item_text_features: dict,
+    tuned_config: dict,
     mlflow: MlflowResource,
     compute: ComputeResource,
 ) -> Output[dict]:
     text = load_item_text_features(item_text_features["path"])
     device = compute.torch_device()
-    train_config = TrainConfig(**config.model_dump(exclude={"nproc_per_node"}), seed=compute.seed, device=str(device), show_progress=True)
+    knobs = {**config.model_dump(exclude={"nproc_per_node"}), **tuned_config["params"]}
+    train_config = TrainConfig(**knobs, seed=compute.seed, device=str(device), show_progress=True)
     fingerprint = ratings_fingerprint(train_ratings, validation_ratings)
     settings = mlflow.settings()
     experiment_id = settings.activate()
-    tags = {
-        "dagster.run_id": context.run_id,
-        "dagster.asset_key": context.asset_key.to_user_string(),
-        "data_fingerprint": fingerprint,
-        "text_features_fingerprint": text.fingerprint,
-        "text_model": text.model_id,
-    }
-    with mlflow_api.start_run(run_name=f"trained_model-{context.run_id[:8]}", tags=tags) as run:
+    # the search of this same Dagster run opened the training run (its trials are nested there): continue it
+    searched = tuned_config["run_id"] if tuned_config["dagster_run_id"] == context.run_id else None
+    new_run = {"run_name": f"trained_model-{context.run_id[:8]}", "tags": _tags(context, fingerprint, text)}
+    with mlflow_api.start_run(**({"run_id": searched} if searched else new_run)) as run:
         mlflow_api.log_params({**train_config.to_dict(), "n_train": len(train_ratings), "n_validation": len(validation_ratings),
                                "world_size": config.nproc_per_node})  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""Classic baselines the hybrid model is compared against, with the same interface as `ModelBundle`:
+"""Classic baselines, and the shared `MatrixRecommender` interface (the same as `ModelBundle`'s):
 `recommend(user_ids, k, exclude_seen, candidates) -> DataFrame[user_id, item_id, rank, score]` and
 `predict_ratings(user_ids, item_ids) -> ndarray`, so a benchmark treats every model alike.
 
@@ -7,7 +7,8 @@
 - `BiasedMF`: Funk-style biased matrix factorisation of explicit ratings (Koren, Bell, Volinsky 2009), trained with
   minibatch Adam on MSE + L2: what Surprise's SVD computes.
 - `ImplicitALS`: weighted matrix factorisation for implicit feedback (Hu, Koren, Volinsky 2008), exact alternating
-  least squares with confidence 1 + alpha for observed pairs.
+  least squares with confidence 1 + alpha for observed pairs. Kept (beside `implicit`'s ALS) because the hybrid
+  uses it as its prior and it is exact and deterministic on one thread.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class MatrixRecommender:
         self.user_index = IdIndex(np.zeros(0, np.int64))
         self.item_index = IdIndex(np.zeros(0, np.int64))
         self.seen = np.zeros((0, 0), dtype=bool)
+        self.popularity = np.zeros(0)
         self.global_mean = 0.0
         self.rating_range = (1.0, 5.0)
 
@@ -49,12 +51,13 @@ class MatrixRecommender:
         r = train[RATING].to_numpy(np.float32)
         self.seen = np.zeros((len(self.user_index), len(self.item_index)), dtype=bool)
         self.seen[u, i] = True
+        self.popularity = np.bincount(i, minlength=len(self.item_index)).astype(np.float64)
         self.global_mean = float(r.mean())
         self.rating_range = (float(r.min()), float(r.max()))
         return u, i, r
 
     def _scores(self, user_idx: np.ndarray) -> np.ndarray:
-        """Ranking scores [len(user_idx), n_items]; index -1 is an unknown user."""
+        """Ranking scores [len(user_idx), n_items]; index -1 is an unknown user (replaced by popularity)."""
         raise NotImplementedError
 
     def _ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
@@ -67,6 +70,8 @@ class MatrixRecommender:
         user_ids = np.asarray(user_ids, dtype=np.int64)
         idx = self.user_index.encode(user_ids, missing=-1)
         scores = self._scores(idx).astype(np.float64)
+        # a user unknown to the model gets the most popular items, as the hybrid and serving do
+        scores[idx < 0] = self.popularity
         if candidates is not None:
             allowed = np.zeros(len(self.item_index), dtype=bool)
             allowed[self.item_index.encode(candidates)] = True
@@ -102,22 +107,20 @@ class MostPopular(MatrixRecommender):
     def __init__(self, damping: float = 10.0, seed: int = 42) -> None:
         super().__init__(seed)
         self.damping = damping
-        self.counts = np.zeros(0)
         self.user_bias = np.zeros(0)
         self.item_bias = np.zeros(0)
 
     def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> "MostPopular":
         u, i, r = self._prepare(train, items)
-        self.counts = np.bincount(i, minlength=len(self.item_index)).astype(np.float64)
         residual = r - self.global_mean
-        self.item_bias = np.bincount(i, residual, len(self.item_index)) / (self.counts + self.damping)
+        self.item_bias = np.bincount(i, residual, len(self.item_index)) / (self.popularity + self.damping)
         residual = residual - self.item_bias[i]
         user_counts = np.bincount(u, minlength=len(self.user_index))
         self.user_bias = np.bincount(u, residual, len(self.user_index)) / (user_counts + self.damping)
         return self
 
     def _scores(self, user_idx: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.counts, (len(user_idx), len(self.counts))).copy()
+        return np.broadcast_to(self.popularity, (len(user_idx), len(self.popularity))).copy()
 
     def _ratings(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
         user_bias = np.where(user_idx >= 0, self.user_bias[np.maximum(user_idx, 0)], 0.0)

@@ -1,0 +1,195 @@
+"""Model quality: the hybrid against tuned strong baselines on three protocols, split seeds, slices and an ablation.
+
+For each protocol (`protocols.PROTOCOLS`) every model is tuned once, on the first seed's validation split, with the
+same budget (`--trials`, `--minutes`: `recsys_core.tuning`); then, for every split seed, it is refitted with those
+settings on train + validation (the hybrid for its best validation epoch count) and scored on the test part with
+training items excluded. Metrics are means and standard deviations over the seeds. Slices: users with <= 5 training
+ratings, and held-out ratings of items with no training rating. Ablation: `prior alone` (the hybrid's own implicit-ALS
+prior with the hybrid's defaults), `towers alone` (the hybrid's tuned settings with `prior_dim=0`), `hybrid`.
+The test ratings choose nothing. The hybrid's rating prior (BiasedMF) is off: it changes predicted ratings, not ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_core.baselines import RANKING_BASELINES, ImplicitALS
+from recsys_core.bench.quality.protocols import PROTOCOLS, ProtocolSplit
+from recsys_core.bench.report import write_report
+from recsys_core.ingestion import load_movielens
+from recsys_core.metrics import per_user_ranking_metrics
+from recsys_core.paths import default_cache_dir
+from recsys_core.schema import ITEM_ID, USER_ID
+from recsys_core.synthetic import generate_synthetic
+from recsys_core.text_features import ItemTextFeatures, TextEncoder, encode_items
+from recsys_core.training import TrainConfig, train_hybrid
+from recsys_core.tuning import Budget, SearchResult, tune_baseline, tune_hybrid
+
+K = 10
+COLD_USER_MAX_RATINGS = 5
+METRICS = (f"ndcg@{K}", f"hr@{K}", f"recall@{K}", f"precision@{K}", f"map@{K}")
+LEAD, TOWER_GAIN, MAX_SECONDS = 1.02, 1.02, 900.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="the MovieLens 100k folder (u.data, u.item); without it: synthetic data")
+    parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--recs-out", help="write the hybrid's top-10 per test user of the first protocol and seed")
+    parser.add_argument("--seeds", default="0,1,2", help="split (and model) seeds to average over")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="which of: " + ", ".join(PROTOCOLS))
+    parser.add_argument("--trials", type=int, default=6, help="search trials per model and protocol (all models alike)")
+    parser.add_argument("--minutes", type=float, default=3.0, help="search minutes per model and protocol")
+    parser.add_argument("--max-epochs", type=int, default=40, help="the hybrid's epoch cap (early stopping on validation)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 1 seed, 2 trials, 8 epochs")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda:0")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+
+
+def _data(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, ItemTextFeatures]:
+    if args.data_dir:
+        ratings, items = load_movielens(Path(args.data_dir))
+    else:
+        ratings, items = generate_synthetic(n_users=943, n_items=1682, n_ratings=100_000, seed=7)
+    text = encode_items(items, TextEncoder.load("default", device=args.device), default_cache_dir())
+    return ratings, items, text
+
+
+def _scores(model: Any, refit: pd.DataFrame, test: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
+    """Test metrics over every test user, the cold-user slice and the cold-item slice; and the top-k lists."""
+    users = np.unique(test[USER_ID].to_numpy(np.int64))
+    recs = model.recommend(users, k=K, exclude_seen=True)
+    per_user = per_user_ranking_metrics(recs, test, K)
+    out = {metric: float(per_user[metric].mean()) for metric in METRICS}
+    counts = refit[USER_ID].value_counts().reindex(per_user.index, fill_value=0)
+    cold_users = per_user[counts.to_numpy() <= COLD_USER_MAX_RATINGS]
+    out["cold_users"] = float(len(cold_users))
+    out[f"cold_users_ndcg@{K}"] = float(cold_users[f"ndcg@{K}"].mean()) if len(cold_users) else np.nan
+    cold_rows = test[~test[ITEM_ID].isin(refit[ITEM_ID])]
+    cold_items = per_user_ranking_metrics(recs, cold_rows, K)
+    out["cold_item_users"] = float(len(cold_items))
+    out[f"cold_items_ndcg@{K}"] = float(cold_items[f"ndcg@{K}"].mean()) if len(cold_items) else np.nan
+    return out, recs
+
+
+class _Contenders:
+    """Tunes every model on one protocol's search split, then refits any of them on another seed's split."""
+
+    def __init__(self, args: argparse.Namespace, items: pd.DataFrame, text: ItemTextFeatures) -> None:
+        self.args, self.items, self.text = args, items, text
+        self.base = TrainConfig(epochs=args.max_epochs, rating_prior_dim=0, device=args.device, show_progress=False)
+        self.tuned: dict[str, SearchResult] = {}
+        self.search_rows: list[dict[str, Any]] = []
+
+    def tune(self, protocol: str, split: ProtocolSplit, seed: int) -> None:
+        budget = Budget(trials=self.args.trials, minutes=self.args.minutes, seed=seed)
+        results = [tune_baseline(name, split.fit, split.validation, self.items, budget) for name in RANKING_BASELINES]
+        results.append(tune_hybrid(split.fit, split.validation, self.items, self.text, replace(self.base, seed=seed), budget))
+        for result in results:
+            self.tuned[result.model] = result
+            self.search_rows.append({"protocol": protocol, "model": result.model, "val_ndcg@10": result.best_value,
+                                     "trials": len(result.trials), "pruned": result.n_pruned,
+                                     "search_s": round(float(result.trials["seconds"].sum()), 1),
+                                     "params": result.best_params, "best_epoch": result.best_attrs.get("best_epoch")})  # fmt: skip
+            print(f"[{protocol}] tuned {result.model}: val nDCG@10 {result.best_value:.4f}", flush=True)
+
+    def fit(self, name: str, train: pd.DataFrame, seed: int) -> Any:
+        if name in RANKING_BASELINES:
+            return RANKING_BASELINES[name](**self.tuned[name].best_params, seed=seed).fit(train, self.items)
+        if name == "prior alone":
+            return ImplicitALS(dim=self.base.prior_dim, seed=seed).fit(train, self.items)
+        hybrid = self.tuned["hybrid"]
+        config = replace(self.base, **hybrid.best_params, epochs=int(hybrid.best_attrs["best_epoch"]), seed=seed)
+        if name == "towers alone":
+            config = replace(config, prior_dim=0)
+        return train_hybrid(train, None, self.items, self.text, config).bundle
+
+
+def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds per (protocol, model)."""
+    frame = pd.DataFrame(rows)
+    columns = [c for c in frame.columns if c not in ("protocol", "model", "seed")]
+    out = []
+    for (protocol, model), group in frame.groupby(["protocol", "model"], sort=False):
+        row = {"protocol": protocol, "model": model, "seeds": len(group)}
+        for column in columns:
+            row[column] = float(group[column].mean())
+            if column.startswith(("ndcg", "hr", "cold_users_ndcg", "cold_items_ndcg")):
+                row[f"{column}_std"] = float(group[column].std(ddof=0))
+        out.append(row)
+    return out
+
+
+def _goal(goal: float, value: float) -> dict[str, Any]:
+    return {"goal": goal, "value": None if np.isnan(value) else round(value, 4), "passed": bool(value >= goal)}
+
+
+def evaluate_goals(summary: list[dict[str, Any]], total_seconds: float) -> dict[str, dict[str, Any]]:
+    goals: dict[str, dict[str, Any]] = {}
+    frame = pd.DataFrame(summary).set_index(["protocol", "model"])
+    ndcg, cold = f"ndcg@{K}", f"cold_users_ndcg@{K}"
+    for protocol in frame.index.get_level_values(0).unique():
+        rows = frame.loc[protocol]
+        baselines = rows.loc[[name for name in RANKING_BASELINES if name in rows.index]]
+        best = baselines[ndcg].idxmax()
+        hybrid = rows.loc["hybrid"]
+        goals[f"{protocol}: hybrid nDCG@10 >= {LEAD} x best tuned baseline ({best})"] = _goal(LEAD, hybrid[ndcg] / baselines[ndcg].max())
+        goals[f"{protocol}: towers add >= 2% over the prior alone"] = _goal(TOWER_GAIN, hybrid[ndcg] / rows.loc["prior alone", ndcg])
+        best_cold = baselines[cold].max()
+        goals[f"{protocol}: cold-user slice >= best baseline"] = _goal(1.0, hybrid[cold] / best_cold if best_cold > 0 else np.nan)
+    goals[f"whole bench <= {MAX_SECONDS:.0f} s"] = {"goal": MAX_SECONDS, "value": round(total_seconds, 1), "passed": total_seconds <= MAX_SECONDS}
+    return goals
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.quick:
+        args.seeds, args.trials, args.max_epochs = args.seeds.split(",")[0], 2, 8
+    torch.set_num_threads(max(args.threads, 1))
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    protocols = [name.strip() for name in args.protocols.split(",") if name.strip()]
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise SystemExit(f"--protocols: unknown {unknown}; expected some of {list(PROTOCOLS)}")
+    ratings, items, text = _data(args)
+    timings: dict[str, float] = {"data_s": round(time.perf_counter() - started, 1)}
+    contenders = _Contenders(args, items, text)
+    rows: list[dict[str, Any]] = []
+    for protocol in protocols:
+        phase = time.perf_counter()
+        contenders.tune(protocol, PROTOCOLS[protocol](ratings, seeds[0]), seeds[0])
+        for seed in seeds:
+            split = PROTOCOLS[protocol](ratings, seed)
+            for name in [*RANKING_BASELINES, "prior alone", "towers alone", "hybrid"]:
+                fit_started = time.perf_counter()
+                model = contenders.fit(name, split.refit, seed)
+                fit_s = time.perf_counter() - fit_started
+                metrics, recs = _scores(model, split.refit, split.test)
+                rows.append({"protocol": protocol, "model": name, "seed": seed, **metrics, "fit_s": round(fit_s, 1)})
+                if args.recs_out and name == "hybrid" and len(rows) == len(RANKING_BASELINES) + 3:
+                    Path(args.recs_out).parent.mkdir(parents=True, exist_ok=True)
+                    recs[[USER_ID, ITEM_ID, "rank", "score"]].to_parquet(args.recs_out, index=False)
+                print(f"[{protocol} seed {seed}] {name}: nDCG@10 {rows[-1][f'ndcg@{K}']:.4f} ({fit_s:.0f} s)", flush=True)
+        timings[f"{protocol}_s"] = round(time.perf_counter() - phase, 1)
+    timings["total_s"] = round(time.perf_counter() - started, 1)
+    summary = _summary(rows)
+    goals = evaluate_goals(summary, timings["total_s"])
+    als = {row["model"]: row[f"ndcg@{K}"] for row in summary if row["model"] in ("als", "implicit_als")}
+    write_report(
+        "quality", summary, args.json, timings=timings, goals=goals, per_seed=rows, search=contenders.search_rows,
+        seeds=seeds, trials=args.trials, minutes=args.minutes, max_epochs=args.max_epochs, threads=args.threads,
+        data=args.data_dir or "synthetic (943 users, 1682 items, 100k ratings, seed 7)", text_model=text.model_id,
+        als_note="als = the implicit package, implicit_als = ours (exact solve; the hybrid's prior); mean nDCG@10 "
+        + ", ".join(f"{name} {value:.4f}" for name, value in als.items()),
+    )  # fmt: skip
+    print("timings:", timings)
+    for goal, outcome in goals.items():
+        print(f"  {'PASS' if outcome['passed'] else 'FAIL'}  {goal}: {outcome['value']} (goal {outcome['goal']})")
+    return 0

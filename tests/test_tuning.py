@@ -1,0 +1,61 @@
+"""The validation search: seeded and reproducible, pruning runs, every baseline's space fits its model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from recsys_core.baselines import RANKING_BASELINES
+from recsys_core.split import stratified_random_split
+from recsys_core.synthetic import generate_synthetic
+from recsys_core.training import TrainConfig
+from recsys_core.tuning import BASELINE_SPACES, Budget, tune_baseline, tune_hybrid
+
+TINY = TrainConfig(dim=8, n_heads=2, history_len=16, batch_size=16, epochs=4, prior_dim=8, rating_prior_dim=0,
+                   show_progress=False, device="cpu")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def split():
+    ratings, items = generate_synthetic(n_users=50, n_items=60, n_ratings=1000, seed=3)
+    return stratified_random_split(ratings, 0.2, 0.0, seed=0), items
+
+
+def test_hybrid_search_is_deterministic_for_a_seed(split) -> None:
+    parts, items = split
+    runs = [tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=3, seed=5)) for _ in range(2)]
+    assert runs[0].best_params == runs[1].best_params and runs[0].best_value == runs[1].best_value
+    assert runs[0].trials["value"].tolist() == runs[1].trials["value"].tolist()
+    assert len(runs[0].trials) == 3 and 1 <= runs[0].best_attrs["best_epoch"] <= TINY.epochs
+    other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=1, seed=6))
+    assert other.best_params != runs[0].best_params  # the seed drives the sampler
+
+
+def test_every_baseline_space_builds_its_model_and_the_search_keeps_the_best(split) -> None:
+    parts, items = split
+    assert set(BASELINE_SPACES) == set(RANKING_BASELINES)
+    result = tune_baseline("ease", parts.train, parts.validation, items, Budget(trials=4, seed=1))
+    assert result.best_value == pytest.approx(np.nanmax(result.trials["value"]))
+    assert result.trials.loc[result.trials["value"].idxmax(), "reg"] == pytest.approx(result.best_params["reg"])
+    assert len(tune_baseline("most_popular", parts.train, parts.validation, items, Budget(trials=5)).trials) == 1
+    with pytest.raises(ValueError, match="trials >= 1"):
+        Budget(trials=0)
+
+
+def test_ease_prior_is_its_low_rank_scores_and_trains(split) -> None:
+    from recsys_core.baselines import EASE
+    from recsys_core.training import train_hybrid
+
+    parts, items = split
+    ease = EASE(reg=50.0).fit(parts.train, items)
+    users, item_factors = ease.low_rank(len(ease.item_index))  # full rank: exactly EASE's scores
+    np.testing.assert_allclose(users @ item_factors.T, ease.seen.astype(np.float32) @ ease.weights, atol=1e-4)
+    config = replace(TINY, prior="ease", prior_reg=50.0, epochs=1)
+    bundle = train_hybrid(parts.train, None, items, None, config).bundle
+    prior_users = bundle.model.user_prior[: bundle.config.n_users].numpy()
+    low_users, _ = ease.low_rank(config.prior_dim)
+    np.testing.assert_allclose(prior_users, low_users[ease.user_index.encode(bundle.user_index.ids)], atol=1e-4)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        TrainConfig(prior="knn")
