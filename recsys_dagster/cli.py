@@ -16,6 +16,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("similar-items",): "recsys_core.similar_items",
     ("ab", "report"): "recsys_core.ab_testing",
     ("bench", "quality"): "recsys_core.bench.quality",
+    ("bench", "coldstart"): "recsys_core.bench.coldstart",
 }
 
 
