@@ -20,6 +20,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("experiments",): "recsys_core.experiments.command",
     ("simulate",): "recsys_core.experiments.simulate_command",
     ("bench", "events"): "recsys_core.bench.events",
+    ("bench", "coldstart"): "recsys_core.bench.coldstart",
 }
 
 

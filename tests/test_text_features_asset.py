@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, asset, materialize
+from dagster import AssetKey, DagsterInstance, RunConfig, asset, materialize
 
 from recsys_core.text_features import load_item_text_features
-from recsys_dagster.assets.features import item_text_features, vectors_cover_items_and_are_unit
+from recsys_dagster.assets.features import TextFeaturesConfig, item_text_features, vectors_cover_items_and_are_unit
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.resources.text_encoder import TextEncoderResource
+from recsys_dagster.resources.tracking import MlflowResource
+from tests.test_finetune import make_ratings
 from tests.test_text_features import make_items, write_tiny_bert
 
 CATALOGUE: dict[str, pd.DataFrame] = {}
@@ -24,19 +26,27 @@ def validated_items() -> pd.DataFrame:
     return CATALOGUE["items"]
 
 
+@asset
+def train_ratings() -> pd.DataFrame:
+    """Stands in for the split stage: ratings of the catalogue the test put in CATALOGUE."""
+    return make_ratings(CATALOGUE["items"])
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
-def materialise(items: pd.DataFrame, tmp_path: Path, model: str, instance: DagsterInstance):
+def materialise(items: pd.DataFrame, tmp_path: Path, model: str, instance: DagsterInstance, config: TextFeaturesConfig | None = None):
     CATALOGUE["items"] = items
     return materialize(
-        [validated_items, item_text_features, vectors_cover_items_and_are_unit],
+        [validated_items, train_ratings, item_text_features, vectors_cover_items_and_are_unit],
         resources={
             "io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")),
             "text_encoder": TextEncoderResource(model=model, device="cpu", cache_dir=str(tmp_path / "cache")),
+            "mlflow": MlflowResource(),
         },
+        run_config=RunConfig({"item_text_features": config or TextFeaturesConfig()}),
         instance=instance,
     )
 
@@ -67,3 +77,22 @@ def test_asset_writes_aligned_vectors_and_rematerialises_incrementally(tiny_bert
         again = second.output_for_node("item_text_features")
         assert (again["n_encoded"], again["n_reused"]) == (1, 99)
         assert again["fingerprint"] != manifest["fingerprint"]
+
+
+def test_fine_tune_option_trains_once_and_caches(tiny_bert: Path, tmp_path: Path) -> None:
+    items = make_items(12)
+    config = TextFeaturesConfig(fine_tune=True, fine_tune_layers=1, fine_tune_epochs=1)
+    with DagsterInstance.ephemeral() as instance:
+        frozen = materialise(items, tmp_path, str(tiny_bert), instance).output_for_node("item_text_features")
+        first = materialise(items, tmp_path, str(tiny_bert), instance, config)
+        assert first.success and all(check.passed for check in first.get_asset_check_evaluations())
+        tuned = first.output_for_node("item_text_features")
+        assert tuned["fine_tune_fingerprint"] and tuned["n_encoded"] == 12 and tuned["model_id"] != frozen["model_id"]
+        metadata = instance.get_latest_materialization_event(AssetKey("item_text_features")).asset_materialization.metadata
+        assert metadata["fine_tune_trained_now"].value is True and "#/experiments/" in metadata["fine_tune_mlflow_run"].value
+        assert not np.allclose(load_item_text_features(tuned["path"]).vectors, load_item_text_features(frozen["path"]).vectors)
+
+        again = materialise(items, tmp_path, str(tiny_bert), instance, config).output_for_node("item_text_features")
+        metadata = instance.get_latest_materialization_event(AssetKey("item_text_features")).asset_materialization.metadata
+        assert metadata["fine_tune_trained_now"].value is False
+        assert (again["n_encoded"], again["fingerprint"]) == (0, tuned["fingerprint"])

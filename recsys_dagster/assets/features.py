@@ -1,4 +1,8 @@
-"""Features: BERT vectors of each item's text, aligned with the item index, encoded incrementally through a vector cache."""
+"""Features: BERT vectors of each item's text, aligned with the item index, encoded incrementally through a vector cache.
+
+With `fine_tune` on, the encoder's top layers are first fine-tuned on the training ratings (cached by their inputs,
+logged to MLflow) and the vectors come from the fine-tuned encoder.
+"""
 
 from pathlib import Path
 
@@ -9,23 +13,45 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
+    Config,
     MetadataValue,
     Output,
     asset,
     asset_check,
 )
 
+from pydantic import Field
+
+from recsys_core.finetune import FineTuneConfig, FineTunedTextEncoder, fine_tune_cached
 from recsys_core.paths import recsys_home
 from recsys_core.schema import GENRE_SEPARATOR, ITEM_ID
 from recsys_core.similar_items import similar_items
 from recsys_core.text_features import ItemTextFeatures, encode_items, load_item_text_features, project_2d
 from recsys_dagster.metadata import figure, table
 from recsys_dagster.resources.text_encoder import TextEncoderResource
+from recsys_dagster.resources.tracking import MlflowResource
 
 # The projection plot shows at most this many points (a fixed sample), and colours this many genres.
 PLOT_MAX_POINTS = 5_000
 PLOT_GENRES = 10
 SANITY_ITEMS = 5
+
+
+class TextFeaturesConfig(Config):
+    """Off by default: the fine-tune adds about a minute on MovieLens 100k (see `recsys bench coldstart`)."""
+
+    fine_tune: bool = Field(False, description="Fine-tune the encoder's top layers so item text predicts ALS item factors.")
+    fine_tune_layers: int = Field(FineTuneConfig.layers, description="Top BERT layers that train.")
+    fine_tune_epochs: int = Field(FineTuneConfig.epochs, description="Passes over the items with training ratings.")
+    fine_tune_lr: float = Field(FineTuneConfig.lr, description="AdamW learning rate of the BERT layers.")
+    fine_tune_loss: str = Field(FineTuneConfig.loss, description='"mse" on the scaled factors or "contrastive" (InfoNCE).')
+    fine_tune_seed: int = Field(FineTuneConfig.seed, description="Seeds the ALS targets, the head and the batch order.")
+
+    def fine_tune_config(self) -> FineTuneConfig:
+        return FineTuneConfig(
+            layers=self.fine_tune_layers, epochs=self.fine_tune_epochs, lr=self.fine_tune_lr,
+            loss=self.fine_tune_loss, seed=self.fine_tune_seed,
+        )  # fmt: skip
 
 
 def _first_genres(items: pd.DataFrame, item_ids: np.ndarray) -> pd.Series:
@@ -77,13 +103,37 @@ def _neighbour_table(features: ItemTextFeatures, items: pd.DataFrame) -> pd.Data
 
 @asset(
     description="L2-normalised BERT vectors of each item's title, year, genres and description (all-MiniLM-L6-v2 by "
-    "default), sorted by item id; only new or changed texts are encoded.",
+    "default, optionally fine-tuned on train_ratings), sorted by item id; only new or changed texts are encoded.",
     kinds={"pytorch", "numpy"},
 )
 def item_text_features(
-    context: AssetExecutionContext, validated_items: pd.DataFrame, text_encoder: TextEncoderResource
+    context: AssetExecutionContext,
+    config: TextFeaturesConfig,
+    validated_items: pd.DataFrame,
+    train_ratings: pd.DataFrame,
+    text_encoder: TextEncoderResource,
+    mlflow: MlflowResource,
 ) -> Output[dict]:
     encoder = text_encoder.load_encoder()
+    fine_tuned: dict[str, MetadataValue | str | float | bool] = {"fine_tuned": False}
+    if config.fine_tune:
+        settings = mlflow.settings()
+        result = fine_tune_cached(
+            validated_items, train_ratings, encoder, config.fine_tune_config(), text_encoder.cache_path(), settings
+        )
+        encoder = FineTunedTextEncoder.from_base(encoder, result.adapter_path)
+        context.log.info(f"fine-tune {result.fingerprint[:12]} {'trained' if result.trained else 'loaded from the cache'}")
+        fine_tuned = {
+            "fine_tuned": True,
+            "fine_tune_fingerprint": result.fingerprint,
+            "fine_tune_trained_now": result.trained,
+            "fine_tune_seconds": result.train_seconds,
+            "fine_tune_final_loss": round(result.losses[-1], 5),
+            "fine_tune_adapter": MetadataValue.path(str(result.adapter_path)),
+        }
+        if result.mlflow_run_id:
+            experiment_id = settings.client().get_run(result.mlflow_run_id).info.experiment_id
+            fine_tuned["fine_tune_mlflow_run"] = MetadataValue.url(settings.run_url(experiment_id, result.mlflow_run_id))
     features = encode_items(validated_items, encoder, text_encoder.cache_path())
     out_dir = recsys_home() / "artifacts" / "item_text_features" / features.fingerprint[:16]
     path = features.save(out_dir / "features.npz")
@@ -107,6 +157,7 @@ def item_text_features(
         "n_reused": features.n_reused,
         "backend": text_encoder.backend,
         "projection_png": str(plot_path) if plots else "",
+        "fine_tune_fingerprint": fine_tuned.get("fine_tune_fingerprint", ""),
     }
     context.log.info(f"{features.n_encoded} items encoded, {features.n_reused} reused from the cache")
     return Output(
@@ -123,6 +174,7 @@ def item_text_features(
             "items_per_second": round(throughput, 1),
             "fingerprint": features.fingerprint,
             "path": MetadataValue.path(str(path)),
+            **fine_tuned,
             **plots,
             "nearest_neighbours": table(_neighbour_table(features, validated_items)),
         },
