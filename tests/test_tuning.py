@@ -29,8 +29,9 @@ def test_hybrid_search_is_deterministic_for_a_seed(split) -> None:
     assert runs[0].best_params == runs[1].best_params and runs[0].best_value == runs[1].best_value
     assert runs[0].trials["value"].tolist() == runs[1].trials["value"].tolist()
     assert len(runs[0].trials) == 3 and 1 <= runs[0].best_attrs["best_epoch"] <= TINY.epochs
-    other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=1, seed=6))
-    assert other.best_params != runs[0].best_params  # the seed drives the sampler
+    assert runs[0].trials.loc[0, "lr"] == TINY.lr and runs[0].trials.loc[0, "prior"] == TINY.prior  # trial 0: defaults
+    other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=2, seed=6))
+    assert other.trials.loc[1, "lr"] != runs[0].trials.loc[1, "lr"]  # the seed drives the sampler
 
 
 def test_every_baseline_space_builds_its_model_and_the_search_keeps_the_best(split) -> None:
