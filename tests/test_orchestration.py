@@ -129,10 +129,12 @@ def ingestion_job():
     data_source = DataSourceResource(kind="files", ratings_path=os.environ["TEST_RATINGS"], items_path=os.environ["TEST_ITEMS"])
     defs = Definitions(
         assets=[*load_assets_from_modules([ingestion], group_name="ingestion"),
+                *load_assets_from_modules([events], group_name="events"),
                 *load_assets_from_modules([validation], group_name="validation")],  # fmt: skip
         jobs=[ingest_and_validate],
         executor=in_process_executor,
-        resources={"io_manager": RecsysIOManager(base_dir=os.environ["TEST_ASSETS"]), "data_source": data_source},
+        resources={"io_manager": RecsysIOManager(base_dir=os.environ["TEST_ASSETS"]), "data_source": data_source,
+                   "event_store": EventStoreResource()},  # fmt: skip
     )
     return defs.resolve_job_def("ingest_and_validate")
 
