@@ -16,10 +16,9 @@ from dagster import (
     materialize,
 )
 
-from recsys_dagster.assets import events, ingestion, validation
+from recsys_dagster.assets import ingestion, validation
 from recsys_dagster.jobs import nightly_retrain
 from recsys_dagster.resources.data_source import DataSourceResource
-from recsys_dagster.resources.event_store import EventStoreResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.sensors import rating_drop_sensor, retrain_on_new_data
 
@@ -95,9 +94,8 @@ def test_landed_drops_are_validated_with_the_source_and_bad_drops_skipped(tmp_pa
     resources = {
         "io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")),
         "data_source": DataSourceResource(synthetic_ratings=2_000, landing_dir=str(landing)),
-        "event_store": EventStoreResource(),
     }
-    assets = load_assets_from_modules([ingestion, events, validation])
+    assets = load_assets_from_modules([ingestion, validation])
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("rating_drops", ["good.csv"])
         assert materialize([ingestion.landed_ratings], partition_key="good.csv", resources=resources, instance=instance).success
@@ -129,12 +127,10 @@ def ingestion_job():
     data_source = DataSourceResource(kind="files", ratings_path=os.environ["TEST_RATINGS"], items_path=os.environ["TEST_ITEMS"])
     defs = Definitions(
         assets=[*load_assets_from_modules([ingestion], group_name="ingestion"),
-                *load_assets_from_modules([events], group_name="events"),
                 *load_assets_from_modules([validation], group_name="validation")],  # fmt: skip
         jobs=[ingest_and_validate],
         executor=in_process_executor,
-        resources={"io_manager": RecsysIOManager(base_dir=os.environ["TEST_ASSETS"]), "data_source": data_source,
-                   "event_store": EventStoreResource()},  # fmt: skip
+        resources={"io_manager": RecsysIOManager(base_dir=os.environ["TEST_ASSETS"]), "data_source": data_source},
     )
     return defs.resolve_job_def("ingest_and_validate")
 
