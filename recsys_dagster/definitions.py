@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from recsys_dagster.assets import ab, evaluation, events, export, features, ingestion, online_ab, split, training, validation
+from recsys_dagster.assets import ab, evaluation, export, features, ingestion, online_ab, split, training, validation
 from recsys_dagster.checks import CHECKS
 from recsys_dagster.executors import executor_for
 from recsys_dagster.jobs import JOBS, SCHEDULES
@@ -14,7 +14,6 @@ from recsys_dagster.sensors import SENSORS
 # Order is the pipeline's: the UI groups the lineage graph by these names.
 STAGES = {
     "ingestion": ingestion,
-    "events": events,
     "validation": validation,
     "split": split,
     "features": features,

@@ -22,11 +22,10 @@ from dagster import (
 
 from recsys_core.events.feedback import closed_windows
 from recsys_core.landing import list_landed_files
-from recsys_dagster.assets.events import event_windows
-from recsys_dagster.assets.ingestion import rating_drops
+from recsys_core.events import open_store
+from recsys_dagster.assets.ingestion import event_windows, rating_drops
 from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_events, ingest_landed_ratings
 from recsys_dagster.resources.data_source import DataSourceResource
-from recsys_dagster.resources.event_store import EventStoreResource
 
 AB_REPORT = AssetKey("ab_report")
 UNFINISHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
@@ -56,13 +55,13 @@ def rating_drop_sensor(context: SensorEvaluationContext, data_source: DataSource
 
 
 @sensor(job=ingest_landed_events, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
-def event_window_sensor(context: SensorEvaluationContext, event_store: EventStoreResource) -> SensorResult | SkipReason:
+def event_window_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
     """Each closed window of server receive time that holds events becomes one `landed_events` run.
 
     Reads the store with its cursor (the last seq already assigned to a launched window): a restarted daemon resumes
     after it, and the run key (the window) launches a partition at most once, so every event lands exactly once.
     """
-    store = event_store.open()
+    store = open_store()  # $RECSYS_EVENT_STORE, else SQLite under $RECSYS_HOME: the store the service writes
     try:
         windows, after = closed_windows(store, int(context.cursor or 0), time.time(), WINDOW_GRACE_S)
     finally:

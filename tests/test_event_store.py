@@ -92,6 +92,8 @@ def test_cursor_reads_have_no_gap_and_no_duplicate_across_a_restart(backend) -> 
 def test_unknown_store_url_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="expected sqlite:///PATH or redis://"):
         open_store("postgres://nowhere")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['fsync'\]"):
+        open_store("sqlite:///tmp/x.sqlite?fsync=off")
 
 
 def test_group_commit_merges_concurrent_batches_and_attributes_each_event_once(backend) -> None:

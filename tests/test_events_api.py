@@ -23,8 +23,7 @@ from recsys_core.serving.app import create_app
 from recsys_core.serving.auth import ApiKeys, hash_key
 from recsys_core.serving.reload import DirectorySource, ModelHolder, load_validated
 from recsys_core.validation import RatingRules, combine_rating_sources, validate_ratings
-from recsys_dagster.assets.events import landed_events
-from recsys_dagster.resources.event_store import EventStoreResource
+from recsys_dagster.assets.ingestion import landed_events
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from test_serving import ITEMS, N_ITEMS, N_USERS
 
@@ -98,12 +97,13 @@ def test_events_change_the_next_recommendations_and_land_validated(service: dict
     assert new_after["source"] == "history" and ids(new_after) != ids(new_before) and not set(rated) & set(ids(new_after))
     assert {item["reason"]["item_id"] for item in new_after["items"]} <= set(rated)
 
-    resources = {"io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")), "event_store": EventStoreResource(url=service["url"])}
+    resources = {"io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets"))}
+    run_config = {"ops": {"landed_events": {"config": {"url": service["url"]}}}}
     windows = sorted({window_key(started), window_key(time.time())})
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("event_windows", windows)
-        frames = [materialize([landed_events], partition_key=w, resources=resources, instance=instance).output_for_node("landed_events")
-                  for w in windows]  # fmt: skip
+        frames = [materialize([landed_events], partition_key=w, resources=resources, instance=instance, run_config=run_config)
+                  .output_for_node("landed_events") for w in windows]  # fmt: skip
     landed = pd.concat(frames, ignore_index=True)
     assert sorted(landed["event_id"]) == ["k1", "k2", "k3", "n1", "n2"]
     assert landed.set_index("event_id")["rating"].to_dict() == pytest.approx(

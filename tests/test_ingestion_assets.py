@@ -21,7 +21,7 @@ def downstream_of_ratings(validated_ratings: pd.DataFrame) -> int:
 def run(tmp_path: Path, data_source: DataSourceResource, instance: DagsterInstance, data_docs: bool = False):
     return materialize(
         [*FOUNDATION, downstream_of_ratings],
-        selection=AssetSelection.all() - AssetSelection.assets("landed_ratings"),
+        selection=AssetSelection.all() - AssetSelection.assets("landed_ratings", "landed_events"),
         resources={"io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")), "data_source": data_source},
         run_config={"ops": {name: {"config": {"data_docs": data_docs}} for name in ("validate_item_catalogue", "validate_rating_log")}},
         instance=instance,

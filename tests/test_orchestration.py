@@ -16,10 +16,9 @@ from dagster import (
     materialize,
 )
 
-from recsys_dagster.assets import events, ingestion, validation
+from recsys_dagster.assets import ingestion, validation
 from recsys_dagster.jobs import nightly_retrain
 from recsys_dagster.resources.data_source import DataSourceResource
-from recsys_dagster.resources.event_store import EventStoreResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.sensors import rating_drop_sensor, retrain_on_new_data
 
@@ -95,9 +94,8 @@ def test_landed_drops_are_validated_with_the_source_and_bad_drops_skipped(tmp_pa
     resources = {
         "io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")),
         "data_source": DataSourceResource(synthetic_ratings=2_000, landing_dir=str(landing)),
-        "event_store": EventStoreResource(),
     }
-    assets = load_assets_from_modules([ingestion, events, validation])
+    assets = load_assets_from_modules([ingestion, validation])
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("rating_drops", ["good.csv"])
         assert materialize([ingestion.landed_ratings], partition_key="good.csv", resources=resources, instance=instance).success

@@ -36,7 +36,7 @@ def test_prod_instance_stores_runs_and_events_in_postgres(prod_instance: Dagster
     assert type(prod_instance.run_coordinator).__name__ == "QueuedRunCoordinator"
     result = materialize(
         load_assets_from_modules([ingestion, validation]),
-        selection=AssetSelection.all() - AssetSelection.assets("landed_ratings"),
+        selection=AssetSelection.all() - AssetSelection.assets("landed_ratings", "landed_events"),
         resources={"io_manager": RecsysIOManager(base_dir=str(tmp_path / "assets")), "data_source": DataSourceResource(synthetic_ratings=1_000)},
         run_config={"ops": {op: {"config": {"data_docs": False}} for op in ("validate_item_catalogue", "validate_rating_log")}},
         instance=prod_instance,

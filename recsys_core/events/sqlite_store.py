@@ -47,7 +47,9 @@ class SqliteEventStore(EventStore):
         synchronous: str = "FULL",
     ) -> None:  # fmt: skip
         super().__init__(history_cap, history_types)
-        self.path, self.synchronous = Path(path), synchronous
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"event store {path}: synchronous={synchronous!r}; expected FULL, NORMAL or EXTRA")
+        self.path, self.synchronous = Path(path), synchronous.upper()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []

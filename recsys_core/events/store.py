@@ -76,12 +76,17 @@ def default_store_url() -> str:
 
 
 def open_store(url: str = "", history_cap: int = 200, history_types: tuple[str, ...] = DEFAULT_HISTORY_TYPES) -> EventStore:
-    """`sqlite:///abs/path.sqlite` or `redis://host:port/db`; empty = `default_store_url()`."""
+    """`sqlite:///abs/path.sqlite[?synchronous=NORMAL]` or `redis://host:port/db`; empty = `default_store_url()`."""
     url = url or default_store_url()
     if url.startswith("sqlite:///"):
         from recsys_core.events.sqlite_store import SqliteEventStore
 
-        return SqliteEventStore(url.removeprefix("sqlite:///"), history_cap, history_types)
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        options = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+        synchronous = options.pop("synchronous", "FULL")
+        if options:
+            raise ValueError(f"event store {url!r}: unknown option(s) {sorted(options)}; only synchronous=FULL|NORMAL")
+        return SqliteEventStore(path, history_cap, history_types, synchronous)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from recsys_core.events.redis_store import RedisEventStore
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.data_source import DataSourceResource
-from recsys_dagster.resources.event_store import EventStoreResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.resources.text_encoder import TextEncoderResource
 from recsys_dagster.resources.tracking import MlflowResource
@@ -20,7 +19,6 @@ def local_resources() -> dict[str, Any]:
         "mlflow": MlflowResource(),
         "compute": ComputeResource(),
         "text_encoder": TextEncoderResource(),
-        "event_store": EventStoreResource(),
     }
 
 
