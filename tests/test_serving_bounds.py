@@ -174,5 +174,6 @@ def test_schemathesis_finds_no_500_and_no_schema_violation(bounded: dict, tmp_pa
                "--exclude-checks", "positive_data_acceptance",
                "--max-examples", "50", "--seed", "16", "--generation-database", "none", "--workers", "1",
                "--report", "junit", "--report-dir", str(tmp_path)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its cache stays out of the repo
+                            env={**os.environ, "NO_COLOR": "1"})  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
