@@ -90,7 +90,8 @@ def test_adapter_for_another_model_is_refused(tiny_bert: Path, tmp_path: Path) -
     other = TextEncoder.load(str(write_tiny_bert(tmp_path / "other", seed=1)), "cpu", cache_dir=tmp_path)
     result = fine_tune_cached(items, make_ratings(items), other, TINY, tmp_path)
     shallow = write_tiny_bert(tmp_path / "wide", seed=2)
-    (shallow / "config.json").write_text((shallow / "config.json").read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 1'))
+    config = (shallow / "config.json").read_text()
+    (shallow / "config.json").write_text(config.replace('"num_hidden_layers": 2', '"num_hidden_layers": 1'))
     base = TextEncoder.load(str(shallow), "cpu", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="does not fit the base model"):
         FineTunedTextEncoder.from_base(base, result.adapter_path).encode(["x"])

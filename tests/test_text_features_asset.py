@@ -37,7 +37,9 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
-def materialise(items: pd.DataFrame, tmp_path: Path, model: str, instance: DagsterInstance, config: TextFeaturesConfig | None = None):
+def materialise(
+    items: pd.DataFrame, tmp_path: Path, model: str, instance: DagsterInstance, config: TextFeaturesConfig | None = None
+):
     CATALOGUE["items"] = items
     return materialize(
         [validated_items, train_ratings, item_text_features, vectors_cover_items_and_are_unit],

@@ -111,7 +111,8 @@ def _ridge_rows(name, item_ids, vectors, cf, validation, test) -> tuple[dict, li
     tried = []
     for lam in RIDGE_LAMBDAS:
         predicted = ridge_factors(vectors, warm_rows, cf.items, lam)
-        tried.append({"method": name, "lambda": lam, "val_ndcg@10": validation.ndcg_factors(item_ids, predicted), "predicted": predicted})
+        ndcg = validation.ndcg_factors(item_ids, predicted)
+        tried.append({"method": name, "lambda": lam, "val_ndcg@10": ndcg, "predicted": predicted})
     best = max(tried, key=lambda row: row["val_ndcg@10"])
     best["test_ndcg@10"] = test.ndcg_factors(item_ids, best["predicted"])
     best["chosen"] = True
@@ -152,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"method": name, "val_ndcg@10": validation.ndcg_knn(frozen.item_ids, vectors, train),
                      "test_ndcg@10": test.ndcg_knn(frozen.item_ids, vectors, train), "chosen": True})  # fmt: skip
 
-    summary = [{k: row.get(k) for k in ("method", "lambda", "val_ndcg@10", "test_ndcg@10")} for row in (frozen_best, chosen, *rows[-2:])]
+    columns = ("method", "lambda", "val_ndcg@10", "test_ndcg@10")
+    summary = [{k: row.get(k) for k in columns} for row in (frozen_best, chosen, *rows[-2:])]
     ratio = chosen["test_ndcg@10"] / max(frozen_best["test_ndcg@10"], 1e-12)
     goals = {
         f"fine-tuned >= {GOAL_RATIO} x frozen (test nDCG@10)": {
