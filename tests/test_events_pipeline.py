@@ -72,3 +72,12 @@ def test_landed_events_are_validated_with_the_source_and_trigger_retraining(tmp_
     bad = rejected.set_index("user_id").loc[900_003]
     assert bad["reason"] == "unknown item_id" and bad["source_file"] == f"events/{window_key(stored[2].received_at)}"
     assert bad["source_line"] == stored[2].seq
+
+
+def test_cli_registers_bench_events_and_serve_event_options() -> None:
+    from recsys_dagster.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "events", "--quick", "--backends", "sqlite"]).backends == "sqlite"
+    args = parser.parse_args(["serve", "--model-dir", "x", "--event-store", "redis://127.0.0.1:6379/0", "--api-keys", "k.json"])
+    assert (args.event_store, args.api_keys, args.max_batch) == ("redis://127.0.0.1:6379/0", "k.json", 1000)
