@@ -66,7 +66,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict:
     features = ItemTextFeatures(ids, vectors, n_encoded=len(ids), n_reused=0, model_id="random", fingerprint="f" * 16)
     path = features.save(tmp_path_factory.mktemp("text") / "features.npz")
     return {"train_ratings": split.train, "validation_ratings": split.validation, "validated_items": items,
-            "item_text_features": {"path": str(path)}}  # fmt: skip
+            "item_text_features": {"path": str(path)},
+            "tuned_config": {"params": {}, "run_id": None, "dagster_run_id": None}}  # fmt: skip (tuned_config with no search)
 
 
 def source(name: str, value: object):
