@@ -155,12 +155,17 @@ def _materialize_training(tmp_path: Path, instance: DagsterInstance, trials: int
     )
 
 
-def test_trained_model_asset_tracks_a_run_in_mlflow(data, tmp_path: Path, recsys_home: Path) -> None:
+def _set_sources(data, tmp_path: Path) -> tuple[ItemTextFeatures, str]:
+    """Fills SOURCES with the data and its saved text features; returns them and a fresh MLflow tracking URI."""
     ratings, items = data
     features = text_for(items)
     path = features.save(tmp_path / "features.npz")
     SOURCES.update(ratings=ratings, items=items, text_manifest={"path": str(path), "fingerprint": features.fingerprint})
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return features, f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_trained_model_asset_tracks_a_run_in_mlflow(data, tmp_path: Path, recsys_home: Path) -> None:
+    features, tracking_uri = _set_sources(data, tmp_path)
     with DagsterInstance.ephemeral() as instance:
         result = _materialize_training(tmp_path, instance, 0, tracking_uri)
         assert result.success
@@ -185,11 +190,7 @@ def test_trained_model_asset_tracks_a_run_in_mlflow(data, tmp_path: Path, recsys
 
 
 def test_tuned_config_searches_on_validation_with_trials_nested_under_the_training_run(data, tmp_path: Path) -> None:
-    ratings, items = data
-    features = text_for(items)
-    path = features.save(tmp_path / "features.npz")
-    SOURCES.update(ratings=ratings, items=items, text_manifest={"path": str(path), "fingerprint": features.fingerprint})
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, tracking_uri = _set_sources(data, tmp_path)
     with DagsterInstance.ephemeral() as instance:
         result = _materialize_training(tmp_path, instance, 2, tracking_uri)
         assert result.success
