@@ -64,6 +64,20 @@ def test_history_is_per_user_oldest_first_capped_and_typed(backend) -> None:
     store.close()
 
 
+def test_forget_user_removes_log_history_and_idempotency_ids_of_that_user_only(backend) -> None:
+    store = store_for(backend[0])
+    store.append([event(1, user=7), event(2, user=8), event(3, user=7, type_="impression"), event(4, user=7, type_="rating")])
+    assert store.forget_user(7) == 3 and store.forget_user(7) == 0
+    assert [e.event_id for e in store.read()] == ["e2"] and store.count() == 1
+    window = store.read_received(0.0, 4e9)
+    assert [e.event_id for e in window] == ["e2"]
+    assert store.history(7) == [] and [e.event_id for e in store.history(8)] == ["e2"]
+    again = store.append([event(1, user=7), event(2, user=8)])  # the forgotten id is new again; e2 still a duplicate
+    assert [e.event_id for e in again.stored] == ["e1"] and again.duplicates == 1
+    assert [e.event_id for e in store.history(7)] == ["e1"]
+    store.close()
+
+
 def test_cursor_reads_have_no_gap_and_no_duplicate_across_a_restart(backend) -> None:
     url, server = backend
     store = store_for(url)

@@ -100,6 +100,25 @@ class RedisEventStore(EventStore):
         rows = self.client.lrange(f"{self.prefix}:history:{user_id}", -self.history_cap, -1)
         return self._recent([_event(*row.split(" ", 1)) for row in rows], since, limit)
 
+    def forget_user(self, user_id: int) -> int:
+        """Pages through the stream (a Lua scan would block Redis for the whole log), then deletes the user's entries,
+        their idempotency ids and their history list in one transaction."""
+        entries: list[tuple[str, str]] = []
+        low = "-"
+        while page := self.client.xrange(self.prefix, min=low, max="+", count=PAGE):
+            for stream_id, fields in page:
+                event = json.loads(fields["e"])
+                if event[1] == user_id:
+                    entries.append((stream_id, event[0]))
+            low = f"({page[-1][0]}"
+        with self.client.pipeline(transaction=True) as pipe:
+            if entries:
+                pipe.xdel(self.prefix, *[stream_id for stream_id, _ in entries])
+                pipe.hdel(f"{self.prefix}:ids", *[event_id for _, event_id in entries])
+            pipe.delete(f"{self.prefix}:history:{user_id}")
+            results = pipe.execute()
+        return int(results[0]) if entries else 0
+
     def count(self) -> int:
         return int(self.client.xlen(self.prefix))
 

@@ -107,6 +107,9 @@ class SqliteEventStore(EventStore):
         ).fetchall()
         return self._recent([_event(row) for row in reversed(rows)], since, limit)
 
+    def forget_user(self, user_id: int) -> int:
+        return int(self._connection().execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount)
+
     def count(self) -> int:
         return int(self._connection().execute("SELECT count(*) FROM events").fetchone()[0])
 

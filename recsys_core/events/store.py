@@ -5,7 +5,9 @@ Every backend promises the same contract (tests/test_event_store.py runs it agai
 - every stored event gets a `seq`, strictly increasing in commit order, and a monotonic server `received_at`;
 - `read(after, limit)` returns events with `seq > after` in order, so a consumer that keeps the last `seq` as its cursor
   sees every event exactly once, across restarts of itself and of the store;
-- `history(user_id, ...)` returns the user's recent interactions (types in `history_types`), oldest first, capped.
+- `history(user_id, ...)` returns the user's recent interactions (types in `history_types`), oldest first, capped;
+- `forget_user(user_id)` removes every event of the user (the log, the history and the idempotency ids), so nothing
+  of theirs is read, served or landed again; a later event with a forgotten `event_id` is stored as new.
 
 Chosen like the Dagster and MLflow stores: `$RECSYS_EVENT_STORE` (`sqlite:///path` or `redis://host:port/db`), else
 SQLite at `$RECSYS_HOME/events.sqlite`.
@@ -52,6 +54,10 @@ class EventStore(ABC):
         """From the capped history (oldest first), those at or after `since`, the newest `limit`."""
         recent = [e for e in capped if e.timestamp >= since]
         return recent[-min(limit or self.history_cap, self.history_cap) :]
+
+    @abstractmethod
+    def forget_user(self, user_id: int) -> int:
+        """Removes every stored event of `user_id`; returns how many were removed."""
 
     @abstractmethod
     def count(self) -> int: ...
