@@ -21,12 +21,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsys_core.privacy import Tombstones
 from recsys_core.schema import MAX_ID
 from recsys_core.serving.docs import mount_offline_docs
 from recsys_core.serving.errors import ERROR_RESPONSES, JSON_ERROR_REFS, KEYED_RESPONSES, install_error_handlers
 from recsys_core.serving.middleware import AccessLog, RequestBounds
 from recsys_core.serving.auth import ApiKeys
 from recsys_core.serving.events_api import LiveEvents, events_router
+from recsys_core.serving.privacy_api import ForgottenUsers, privacy_router
 from recsys_core.serving.reload import ModelHolder, Reloader
 from recsys_core.serving.scorer import OnnxScorer, Recommendations
 
@@ -170,11 +172,12 @@ class PrometheusMiddleware:
 
 def create_app(
     holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits(), live: LiveEvents | None = None,
-    keys: ApiKeys = ApiKeys(), readiness: Mapping[str, ReadinessCheck] | None = None,
+    keys: ApiKeys = ApiKeys(), readiness: Mapping[str, ReadinessCheck] | None = None, tombstones: Tombstones | None = None,
 ) -> FastAPI:
     """The service around `holder`; the reloader (if any) starts and stops with the app. With `live`, `POST /events`
     stores events and `GET /recommendations/{user_id}` personalises from them. `readiness` adds checks that
-    /health/ready requires besides a loaded model; with `live`, the event store answering is one of them."""
+    /health/ready requires besides a loaded model; with `live`, the event store answering is one of them.
+    Users in `tombstones` (default: `recsys_core.privacy.default_privacy_path()`) are served as strangers."""
 
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
         if reloader is not None:
@@ -203,6 +206,8 @@ def create_app(
                             buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200))  # fmt: skip
     if live is not None:
         app.include_router(events_router(holder, live, keys, registry))
+    forgotten = ForgottenUsers(tombstones or Tombstones(), holder)
+    app.include_router(privacy_router(forgotten, keys, live.store if live is not None else None))
 
     def live_history(scorer: OnnxScorer, user_id: int) -> tuple[list[int], list[float]]:
         """Live events as history; a failing store degrades to the training history alone, never a 500."""
@@ -230,10 +235,13 @@ def create_app(
         key=Depends(keys.require("read")),  # noqa: ANN001, B008
     ) -> RecommendationResponse:
         model = holder.current
+        stranger = forgotten.contains(user_id)  # the bundle may still hold a forgotten user until the next retrain
         try:
-            items, ratings = live_history(model.scorer, user_id)
+            items, ratings = ([], []) if stranger else live_history(model.scorer, user_id)
             if items:  # training history + live events, both excluded from the results
                 recs = model.scorer.recommend_from_history(items, ratings, k=k, user_id=user_id, exclude_seen=exclude_seen)
+            elif stranger:
+                recs = model.scorer.popular(k, user_id=user_id)
             else:
                 recs = model.scorer.recommend([user_id], k=k, exclude_seen=exclude_seen)[0]
         except Exception:  # degrade, never 500: the popularity list needs no model graph
@@ -255,7 +263,7 @@ def create_app(
         try:
             recs = model.scorer.recommend_from_history(
                 item_ids, [event.rating for event in request.history], k=request.k,
-                user_id=request.user_id, exclude_seen=request.exclude_seen,
+                user_id=None if forgotten.contains(request.user_id) else request.user_id, exclude_seen=request.exclude_seen,
             )
         except Exception:  # degrade, never 500
             log.exception("model path failed for an ad-hoc history; serving popularity")

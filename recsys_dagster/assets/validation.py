@@ -20,6 +20,7 @@ from pydantic import Field
 
 from recsys_core.events import events_to_ratings
 from recsys_core.paths import recsys_home
+from recsys_core.privacy import Tombstones, drop_forgotten
 from recsys_core.validation import (
     ItemRules,
     RatingRules,
@@ -131,9 +132,12 @@ def validate_rating_log(
     validated_items: pd.DataFrame,
 ) -> Iterator:
     """Validates the source's ratings plus every landed drop (a drop whose file could not be read is skipped) and the
-    rated events of every landed event window (rejects name the window as `events/<window>` and the event's seq)."""
+    rated events of every landed event window (rejects name the window as `events/<window>` and the event's seq).
+    Rows of forgotten users are dropped from every source before validation: neither validated nor quarantined,
+    only counted (`forgotten_rows`)."""
     events = {f"events/{window}": events_to_ratings(frame) for window, frame in landed_events.items()}
-    combined = combine_rating_sources({"source": raw_ratings, **landed_ratings, **events})
+    combined, forgotten = drop_forgotten(combine_rating_sources({"source": raw_ratings, **landed_ratings, **events}),
+                                         Tombstones().users())  # fmt: skip
     rules = RatingRules(allowed_ratings=tuple(config.allowed_ratings))
     known = np.asarray(validated_items["item_id"], dtype=np.int64)
     outcome = validate_ratings(combined, known, rules, docs_dir=_docs_dir(config, "ratings"))
@@ -141,6 +145,7 @@ def validate_rating_log(
     metadata = {**rating_summary(outcome.valid), **_validation_metadata(outcome.report, len(combined))}
     metadata["drops"] = MetadataValue.int(len(landed_ratings))
     metadata["event_windows"] = MetadataValue.int(len(landed_events))
+    metadata["forgotten_rows"] = MetadataValue.int(forgotten)
     yield Output(outcome.valid, output_name="validated_ratings", metadata=metadata)
     yield _rejected_output(outcome, "rejected_ratings")
     yield from _checks("validated_ratings", outcome.report, config)

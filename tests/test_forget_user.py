@@ -1,0 +1,146 @@
+"""Forgetting a user, end to end: events, source ratings, a landed file (one of its rows quarantined) and a trained,
+exported model; forget through the keyed admin endpoint; the service answers the user as a stranger at once (and
+after a hot reload to the old bundle); the retrain holds nothing of theirs, and the asset check says so."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import AssetSelection, DagsterInstance, asset, load_assets_from_modules, materialize
+from fastapi.testclient import TestClient
+
+from recsys_core.events import Event, open_store
+from recsys_core.events.feedback import window_key
+from recsys_core.paths import recsys_home
+from recsys_core.privacy import Tombstones
+from recsys_core.serving.app import create_app
+from recsys_core.serving.auth import ApiKeys, hash_key
+from recsys_core.serving.events_api import LiveEvents
+from recsys_core.serving.reload import DirectorySource, ModelHolder, ServedModel, load_validated
+from recsys_core.synthetic import generate_synthetic
+from recsys_dagster.assets import export, ingestion, split, training, validation
+from recsys_dagster.checks import no_forgotten_users
+from recsys_dagster.resources.compute import ComputeResource
+from recsys_dagster.resources.data_source import DataSourceResource
+from recsys_dagster.resources.io_manager import RecsysIOManager
+from recsys_dagster.resources.tracking import MlflowResource
+from test_training import text_for
+
+ADMIN, READ = "admin-key-for-tests", "read-key-for-tests"
+USER, OTHER = 6, 19  # both have 48 ratings in the source
+PIPELINE = AssetSelection.all() - AssetSelection.assets("landed_ratings", "landed_events")
+HEADER = "user_id,item_id,rating,timestamp\n"
+
+
+@asset
+def item_text_features(validated_items: pd.DataFrame) -> dict:
+    """Stands in for the BERT features (random unit vectors): this test is about data, not text."""
+    features = text_for(validated_items)
+    return {"path": str(features.save(recsys_home() / "features.npz")), "fingerprint": features.fingerprint}
+
+
+PIPELINE_CONFIG = {
+    "validate_item_catalogue": {"config": {"data_docs": False}},
+    "validate_rating_log": {"config": {"data_docs": False}},
+    "rating_splits": {"config": {"strategy": "random"}},
+    "trained_model": {"config": {"epochs": 2, "dim": 8, "history_len": 8, "batch_size": 16}},
+    "onnx_model": {"config": {"parity_users": 10, "int8_users": 20}},
+}
+
+
+def run_pipeline(root: Path, instance: DagsterInstance, selection: AssetSelection = PIPELINE, partition: str | None = None,
+                 ops: dict | None = None):  # fmt: skip
+    return materialize(
+        [*load_assets_from_modules([ingestion, validation, split, training, export]), item_text_features, no_forgotten_users],
+        selection=selection,
+        partition_key=partition,
+        resources={
+            "io_manager": RecsysIOManager(base_dir=str(root / "assets")),
+            "data_source": DataSourceResource(kind="files", ratings_path=str(root / "ratings.csv"),
+                                              items_path=str(root / "items.csv"), landing_dir=str(root / "landing")),
+            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment_name="forget"),
+            "compute": ComputeResource(device="cpu"),
+        },  # fmt: skip
+        run_config={"ops": PIPELINE_CONFIG if ops is None else ops},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def check_found(result) -> dict:
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_forgotten_users"]
+    return {"passed": evaluation.passed, **evaluation.metadata["found"].value}
+
+
+def users_in(result, asset: str, output: str | None = None) -> set[int]:
+    node = {"validated_ratings": "validate_rating_log", "rejected_ratings": "validate_rating_log"}.get(asset, "rating_splits")
+    return set(result.output_for_node(node, output or asset)["user_id"].dropna().astype(int))
+
+
+def test_forget_user_end_to_end(tmp_path: Path) -> None:
+    ratings, items = generate_synthetic(n_users=60, n_items=80, n_ratings=1500, seed=1)
+    ratings.to_csv(tmp_path / "ratings.csv", index=False)
+    items.to_csv(tmp_path / "items.csv", index=False)
+    (tmp_path / "landing").mkdir()
+    (tmp_path / "landing" / "drop.csv").write_text(HEADER + f"{USER},3,4,1700000000\n{USER},4,9,1700000001\n{OTHER},5,4,1700000002\n")
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store = open_store(url)
+    now = time.time()
+    store.append([Event("u-1", USER, 7, "rating", now, 5.0), Event("u-2", USER, 8, "click", now),
+                  Event("o-1", OTHER, 7, "rating", now, 4.0)])  # fmt: skip
+    window = window_key(store.read()[0].received_at)
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [
+        {"name": "ops", "sha256": hash_key(ADMIN), "scopes": ["admin"]},
+        {"name": "app", "sha256": hash_key(READ), "scopes": ["read"]}]}))  # fmt: skip
+
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("rating_drops", ["drop.csv"])
+        instance.add_dynamic_partitions("event_windows", [window])
+        assert run_pipeline(tmp_path, instance, AssetSelection.assets("landed_ratings"), "drop.csv", {}).success
+        assert run_pipeline(tmp_path, instance, AssetSelection.assets("landed_events"), window,
+                            {"landed_events": {"config": {"url": url}}}).success
+        before = run_pipeline(tmp_path, instance)
+        assert before.success and check_found(before) == {"passed": True}
+        assert USER in users_in(before, "validated_ratings") and USER in users_in(before, "rejected_ratings")  # rating 9
+        old_bundle = Path(before.output_for_node("onnx_model")["onnx_dir"])
+
+        # The service on the trained bundle, with the live store: the user is known and personalised.
+        holder = ModelHolder(load_validated(DirectorySource(old_bundle), "old", "cpu"))
+        live = LiveEvents(open_store(url))
+        client = TestClient(create_app(holder, live=live, keys=ApiKeys.from_file(tmp_path / "keys.json")))
+        assert client.get(f"/recommendations/{USER}").json()["source"] == "model"
+        assert client.delete(f"/admin/users/{USER}", headers={"X-API-Key": READ}).status_code == 403
+        forgot = client.delete(f"/admin/users/{USER}", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert forgot.status_code == 200 and forgot.json()["removed"] == {"event_store_events": 2}
+        stranger = client.get(f"/recommendations/{USER}").json()
+        assert stranger["source"] == "popularity"
+        posted = client.post("/recommendations", json={"user_id": USER, "history": [{"item_id": 3}]}).json()
+        assert posted["source"] == "history" and posted["user_id"] is None  # the ad-hoc history only, not the stored one
+        holder.swap(ServedModel(holder.current.scorer, "reloaded", "reloaded", "dir:old"))  # hot reload: same old bundle
+        assert client.get(f"/recommendations/{USER}").json()["source"] == "popularity"
+        assert client.get(f"/recommendations/{OTHER}").json()["source"] == "model"
+        assert live.store.history(USER) == [] and {e.user_id for e in live.store.read()} == {OTHER}
+
+        stale = run_pipeline(tmp_path, instance, AssetSelection.checks(no_forgotten_users), ops={})
+        found = check_found(stale)  # nothing retrained yet: the check names every place the user still is
+        assert not found.pop("passed") and all(ids == [USER] for ids in found.values())
+        assert set(found) == {"validated_ratings", "train_ratings", "validation_ratings", "test_ratings", "model_dir",
+                              "onnx_dir", "quantized_dir"}  # fmt: skip
+
+        after = run_pipeline(tmp_path, instance)  # the retrain: every source read again, the tombstone applied
+        assert after.success and check_found(after) == {"passed": True}
+        for asset_name in ("validated_ratings", "rejected_ratings", "train_ratings", "validation_ratings", "test_ratings"):
+            users = users_in(after, asset_name)
+            assert USER not in users and (OTHER in users or asset_name == "rejected_ratings"), asset_name
+        event = instance.get_latest_materialization_event(validation.validate_rating_log.keys_by_output_name["validated_ratings"])
+        assert event.asset_materialization.metadata["forgotten_rows"].value == 48 + 2 + 2  # source, landed file, a rating and a click
+        new_bundle = Path(after.output_for_node("onnx_model")["onnx_dir"])
+        assert USER not in np.load(new_bundle / "user_ids.npy") and OTHER in np.load(new_bundle / "user_ids.npy")
+        holder.swap(load_validated(DirectorySource(new_bundle), "new", "cpu"))
+        assert client.get(f"/recommendations/{USER}").json()["source"] == "popularity"
+
+    (record,) = Tombstones().audit(USER)
+    assert record.actor == "key:ops" and record.removed == {"event_store_events": 2} and record.at <= time.time()
+    live.store.close()
