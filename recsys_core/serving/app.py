@@ -29,6 +29,7 @@ from recsys_core.serving.middleware import AccessLog, RequestBounds
 from recsys_core.serving.auth import ApiKeys
 from recsys_core.serving.events_api import LiveEvents, events_router
 from recsys_core.serving.privacy_api import ForgottenUsers, privacy_router
+from recsys_core.serving.ratelimit import RateLimitCollector
 from recsys_core.serving.reload import ModelHolder, Reloader
 from recsys_core.serving.scorer import OnnxScorer, Recommendations
 
@@ -198,6 +199,7 @@ def create_app(
     )
     served = Counter("recsys_recommendations", "Recommendation responses by source", ["source"], registry=registry)
     registry.register(ModelCollector(holder))
+    registry.register(RateLimitCollector(keys.buckets))
     app.add_middleware(PrometheusMiddleware, requests=requests, latency=latency)
     app.add_middleware(RequestBounds, max_body_bytes=limits.max_body_bytes, max_json_depth=limits.max_json_depth,
                        path_limits={"/events": live.max_body_bytes} if live is not None else None)  # fmt: skip

@@ -41,6 +41,8 @@ ERROR_RESPONSES: dict[int | str, dict] = {code: {"model": ErrorBody, "descriptio
 KEYED_RESPONSES: dict[int | str, dict] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown one"},
     403: {"model": ErrorBody, "description": "The API key lacks the route's scope"},
+    429: {"model": ErrorBody, "description": "Over the rate limit of the key (or, unkeyed, of the client address)",
+          "headers": {"Retry-After": {"description": "seconds until a request is allowed again", "schema": {"type": "integer"}}}},
 }
 # For routes whose success is not JSON: FastAPI would file the error model under their media type.
 JSON_ERROR_REFS: dict[int | str, dict] = {
