@@ -3,15 +3,18 @@ exported model; forget through the keyed admin endpoint; the service answers the
 after a hot reload to the old bundle); the retrain holds nothing of theirs, and the asset check says so."""
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from dagster import AssetSelection, DagsterInstance, asset, load_assets_from_modules, materialize
 from fastapi.testclient import TestClient
 
 from recsys_core.events import Event, open_store
+from recsys_core.bench.serving import random_ratings
 from recsys_core.events.feedback import window_key
 from recsys_core.paths import recsys_home
 from recsys_core.privacy import Tombstones
@@ -22,10 +25,12 @@ from recsys_core.serving.reload import DirectorySource, ModelHolder, ServedModel
 from recsys_core.synthetic import generate_synthetic
 from recsys_dagster.assets import export, ingestion, split, training, validation
 from recsys_dagster.checks import no_forgotten_users
+from recsys_dagster.cli import main
 from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.data_source import DataSourceResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.resources.tracking import MlflowResource
+from test_serving import N_ITEMS, N_USERS, export_model
 from test_training import text_for
 
 ADMIN, READ = "admin-key-for-tests", "read-key-for-tests"
@@ -144,3 +149,25 @@ def test_forget_user_end_to_end(tmp_path: Path) -> None:
     (record,) = Tombstones().audit(USER)
     assert record.actor == "key:ops" and record.removed == {"event_store_events": 2} and record.at <= time.time()
     live.store.close()
+
+
+def test_cli_forget_reaches_a_running_service_at_its_next_reload_and_the_audit_log_is_append_only(tmp_path: Path) -> None:
+    model = export_model(tmp_path, 1)
+    holder = ModelHolder(load_validated(DirectorySource(model), "first", "cpu"))
+    client = TestClient(create_app(holder))  # no keys: the admin endpoint refuses everyone
+    known = int(random_ratings(N_USERS, N_ITEMS, per_user=10, seed=1)["user_id"].iloc[0])
+    assert client.delete(f"/admin/users/{known}").status_code == 401
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    store = open_store(url)
+    store.append([Event("k-1", known, 1, "click", 1e9), Event("k-2", known + 1, 1, "click", 1e9)])
+    assert main(["forget-user", str(known), "--event-store", url]) == 0
+    assert main(["forget-user", "--", "-1"]) == 2
+    assert [e.user_id for e in store.read()] == [known + 1]
+    assert client.get(f"/recommendations/{known}").json()["source"] == "model"  # read again within refresh_s or on reload
+    holder.swap(load_validated(DirectorySource(model), "reloaded", "cpu"))
+    assert client.get(f"/recommendations/{known}").json()["source"] == "popularity"
+    (record,) = Tombstones().audit()
+    assert record.actor.startswith("cli:") and record.removed == {"event_store_events": 1}
+    with sqlite3.connect(Tombstones().path) as connection, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        connection.execute("DELETE FROM audit")
+    store.close()
