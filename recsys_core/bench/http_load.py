@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 
 
-async def run_load(host: str, port: int, paths: list[str], n_requests: int, concurrency: int, max_seconds: float) -> dict[str, Any]:
+async def run_load(
+    host: str, port: int, paths: list[str], n_requests: int, concurrency: int, max_seconds: float, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Keep-alive HTTP/1.1 GETs from `concurrency` connections; minimal client so the server is what is measured.
+    `headers` go with every request (an API key).
 
     Counts statuses and which model version answered (from the JSON body), so a hot swap shows up as two versions.
     """
@@ -25,6 +28,7 @@ async def run_load(host: str, port: int, paths: list[str], n_requests: int, conc
     versions: dict[str, int] = {}
     marker = b'"model_version":"'
     counter = iter(range(n_requests))
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
 
     async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -33,7 +37,7 @@ async def run_load(host: str, port: int, paths: list[str], n_requests: int, conc
                     break
                 started = time.perf_counter()
                 try:
-                    writer.write(f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                    writer.write(f"GET {paths[i % len(paths)]} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
                     head = await reader.readuntil(b"\r\n\r\n")
                     status = head.split(b" ", 2)[1].decode()
                     length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))

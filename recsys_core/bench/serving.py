@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from recsys_core.export import UserEncoder, export_onnx, quantize_onnx_dir
 from recsys_core.model import HybridConfig, HybridRecommender, ModelBundle, build_histories, build_seen
 from recsys_core.retrieval import IndexConfig
 from recsys_core.schema import IdIndex
+from recsys_core.serving.auth import hash_key
 from recsys_core.serving.providers import physical_cores
 from recsys_core.serving.scorer import LARGE_MATRIX_BYTES, History, OnnxScorer
 from recsys_core.training import TrainConfig
@@ -212,9 +214,12 @@ def _wait_healthy(port: int, timeout: float = 60.0) -> dict[str, Any]:
     raise TimeoutError(f"service on port {port} did not become healthy in {timeout:.0f}s")
 
 
-def start_server(model_dir: Path, port: int, reload_interval: float, log_path: Path, threads: int = 1) -> subprocess.Popen:
+def start_server(
+    model_dir: Path, port: int, reload_interval: float, log_path: Path, threads: int = 1, api_keys: Path | None = None
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", str(port),
-               "--reload-interval", str(reload_interval), "--threads", str(threads), "--providers", "cpu"]  # fmt: skip
+               "--reload-interval", str(reload_interval), "--threads", str(threads), "--providers", "cpu",
+               *(["--api-keys", str(api_keys)] if api_keys else [])]  # fmt: skip
     with log_path.open("w") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
@@ -222,18 +227,27 @@ def start_server(model_dir: Path, port: int, reload_interval: float, log_path: P
 def http_rows(
     name: str, fp32_dir: Path, int8_dir: Path, user_ids: np.ndarray, n_requests: int, concurrency: int, hot_swap_seconds: float
 ) -> list[dict[str, Any]]:
-    """Steady load, then load while the served directory (a symlink) is swapped to another model version."""
+    """Steady load, then load while the served directory (a symlink) is swapped to another model version. As deployed:
+    read endpoints need a key (a rate-limited one, limit far above the load, so every request passes the token
+    bucket) and the access log is on."""
     workdir = Path(tempfile.mkdtemp(prefix="recsys-bench-http-"))
     served = workdir / "served"
     served.symlink_to(fp32_dir)
+    key = secrets.token_urlsafe(24)
+    keys_file = workdir / "keys.json"
+    keys_file.write_text(json.dumps({"read_requires_key": True, "keys": [
+        {"name": "bench", "sha256": hash_key(key), "scopes": ["read"], "limit": {"rate": 1e6, "burst": 1e6}}]}))  # fmt: skip
     port = free_port()
-    server = start_server(served, port, reload_interval=0.25, log_path=workdir / "server.log")
+    server = start_server(served, port, reload_interval=0.25, log_path=workdir / "server.log", api_keys=keys_file)
     rows = []
     try:
         before = _wait_healthy(port)["model_version"]
         paths = [f"/recommendations/{int(u)}?k=10" for u in user_ids]
+        unkeyed = httpx.get(f"http://127.0.0.1:{port}{paths[0]}", timeout=10).status_code
+        if unkeyed != 401:
+            raise RuntimeError(f"the service answered {unkeyed} to a request without a key; expected 401")
         spec = {"host": "127.0.0.1", "port": port, "paths": paths, "n_requests": n_requests, "concurrency": concurrency,
-                "max_seconds": 60.0}  # fmt: skip
+                "max_seconds": 60.0, "headers": {"Authorization": f"Bearer {key}"}}  # fmt: skip
         run_load_client({**spec, "n_requests": min(n_requests, 1000)})  # warm-up (connections, caches)
         rows.append({"catalogue": name, "engine": "http", "phase": "steady", **run_load_client(spec)})
         # The hot-swap phase runs for a fixed time; the served symlink moves to another model after 1 s.
@@ -258,10 +272,12 @@ def http_rows(
     finally:
         server.terminate()
         server.wait(timeout=30)
-        logged = sum('"request_id"' in line for line in (workdir / "server.log").read_text().splitlines())
+        log = (workdir / "server.log").read_text()
+        logged = sum('"request_id"' in line for line in log.splitlines())
         shutil.rmtree(workdir, ignore_errors=True)
     for row in rows:
         row["access_log_lines"] = logged  # the service's access log is on, as deployed: one line per request of both phases
+        row["auth"], row["key_in_log"] = True, key in log
         print(f"  {name:>9} http {row['phase']:<9} {row['req_per_s']:.0f} req/s  p99 {row['p99_ms']:.2f} ms  errors {row['errors']}")
     return rows
 
@@ -312,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     goals = ({} if args.skip_model else evaluate_goals(rows, bounds)) | retrieval_goals(retrieval)
     print("\n== retrieval ==\n" + format_table(retrieval))
     write_report("serving", rows, args.json, threads=threads, bandwidth=bounds, goals=goals, retrieval=retrieval,
-                 access_log="on",
+                 auth=True, access_log=True,
                  seconds=round(time.perf_counter() - started, 1), load_average_start=load_start,
                  load_average_end=os.getloadavg(),
                  notes="random weights of the real model class (latency does not depend on weight values); "
@@ -344,12 +360,15 @@ def evaluate_goals(rows: list[dict[str, Any]], bounds: dict[str, dict[str, float
         "large catalogue p50 within 2x of the memory-bandwidth bound": {
             "value": f"fp32 {ratio:.2f}x of {bounds[large]['bound_ms']:.2f} ms "
                      f"({bounds[large]['bound_gbps']:.1f} GB/s); int8 {int8_ratio:.2f}x", "passed": ratio <= 2.0},
-        "http >= 500 req/s, 0 errors (steady, access log on)": {
+        "http >= 500 req/s, 0 errors (steady, read key required, access log on)": {
             "value": f"{http.loc['steady', 'req_per_s']:.0f} req/s, {int(http.loc['steady', 'errors'])} errors",
             "passed": bool(http.loc["steady", "req_per_s"] >= 500 and http.loc["steady", "errors"] == 0)},
         "0 errors during hot swap (both versions answered under load)": {
             "value": f"{int(http.loc['hot-swap', 'errors'])} errors, served {http.loc['hot-swap', 'versions_served']}",
             "passed": bool(http.loc["hot-swap", "errors"] == 0 and len(http.loc["hot-swap", "versions_served"]) >= 2)},
+        "the API key never in the access log": {"value": f"{int(http['access_log_lines'].iloc[0])} lines, key in log: "
+                                                         f"{bool(http['key_in_log'].any())}",
+                                                "passed": not bool(http["key_in_log"].any())},
     }  # fmt: skip
 
 
