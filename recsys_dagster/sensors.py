@@ -23,6 +23,7 @@ from dagster import (
 from recsys_core.events.feedback import closed_windows
 from recsys_core.landing import list_landed_files
 from recsys_core.events import open_store
+from recsys_core.privacy import Tombstones
 from recsys_dagster.assets.ingestion import event_windows, rating_drops
 from recsys_dagster.jobs import ab_evaluation, full_pipeline, ingest_landed_events, ingest_landed_ratings
 from recsys_dagster.resources.data_source import DataSourceResource
@@ -111,6 +112,23 @@ retrain_on_new_data = _retrain_after_burst("landed_ratings", ingest_landed_ratin
 retrain_on_new_events = _retrain_after_burst("landed_events", ingest_landed_events.name, "retrain_on_new_events", "windows")
 
 
+@sensor(job=full_pipeline, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def retrain_on_forget(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+    """A forgotten user (`recsys forget-user`, `DELETE /admin/users/{id}`) leaves validated_ratings, the quarantine,
+    the splits and the model at the next run: request it now rather than at 03:00. The cursor is the last audit
+    record a run was requested for; several forgets between ticks share one run."""
+    after = int(context.cursor) if context.cursor and context.cursor.isdigit() else 0
+    new = [record for record in Tombstones().audit() if record.seq > after]
+    if not new:
+        return SkipReason("no user forgotten since the last retrain")
+    last = new[-1].seq
+    users = sorted({record.user_id for record in new})
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f"forget:{last}", tags={"recsys/trigger": f"forget-user:{len(users)} user(s)"})],
+        cursor=str(last),
+    )
+
+
 @asset_sensor(asset_key=AssetKey("onnx_model"), job=ab_evaluation, default_status=DefaultSensorStatus.RUNNING)
 def ab_report_on_new_model(context: SensorEvaluationContext, asset_event: EventLogEntry) -> RunRequest | SkipReason:
     """Every new challenger gets an A/B report, unless the run that exported it already produces one."""
@@ -120,4 +138,5 @@ def ab_report_on_new_model(context: SensorEvaluationContext, asset_event: EventL
     return RunRequest(run_key=f"ab:{asset_event.run_id}", tags={"recsys/trigger": f"onnx_model:{asset_event.run_id}"})
 
 
-SENSORS = [rating_drop_sensor, event_window_sensor, retrain_on_new_data, retrain_on_new_events, ab_report_on_new_model]
+SENSORS = [rating_drop_sensor, event_window_sensor, retrain_on_new_data, retrain_on_new_events, retrain_on_forget,
+           ab_report_on_new_model]

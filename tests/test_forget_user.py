@@ -10,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetSelection, DagsterInstance, asset, load_assets_from_modules, materialize
+from dagster import (
+    AssetSelection,
+    DagsterInstance,
+    SkipReason,
+    asset,
+    build_sensor_context,
+    load_assets_from_modules,
+    materialize,
+)
 from fastapi.testclient import TestClient
 
 from recsys_core.events import Event, open_store
 from recsys_core.bench.serving import random_ratings
 from recsys_core.events.feedback import window_key
 from recsys_core.paths import recsys_home
-from recsys_core.privacy import Tombstones
+from recsys_core.privacy import Tombstones, forget_user
 from recsys_core.serving.app import create_app
 from recsys_core.serving.auth import ApiKeys, hash_key
 from recsys_core.serving.events_api import LiveEvents
@@ -30,6 +38,7 @@ from recsys_dagster.resources.compute import ComputeResource
 from recsys_dagster.resources.data_source import DataSourceResource
 from recsys_dagster.resources.io_manager import RecsysIOManager
 from recsys_dagster.resources.tracking import MlflowResource
+from recsys_dagster.sensors import retrain_on_forget
 from test_serving import N_ITEMS, N_USERS, export_model
 from test_training import text_for
 
@@ -171,3 +180,14 @@ def test_cli_forget_reaches_a_running_service_at_its_next_reload_and_the_audit_l
     with sqlite3.connect(Tombstones().path) as connection, pytest.raises(sqlite3.IntegrityError, match="append-only"):
         connection.execute("DELETE FROM audit")
     store.close()
+
+
+def test_a_forget_requests_one_retrain_per_batch_of_forgets() -> None:
+    with DagsterInstance.ephemeral() as instance:
+        assert isinstance(retrain_on_forget(build_sensor_context(instance=instance)), SkipReason)
+        for user in (4, 5):
+            forget_user(user, "cli:test", Tombstones())
+        first = retrain_on_forget(build_sensor_context(instance=instance))
+        assert [r.tags["recsys/trigger"] for r in first.run_requests] == ["forget-user:2 user(s)"] and first.cursor == "2"
+        assert isinstance(retrain_on_forget(build_sensor_context(instance=instance, cursor=first.cursor)), SkipReason)
+        assert retrain_on_forget.job_name == "full_pipeline"
