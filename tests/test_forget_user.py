@@ -126,8 +126,9 @@ def test_forget_user_end_to_end(tmp_path: Path) -> None:
         client = TestClient(create_app(holder, live=live, keys=ApiKeys.from_file(tmp_path / "keys.json")))
         assert client.get(f"/recommendations/{USER}").json()["source"] == "model"
         assert client.delete(f"/admin/users/{USER}", headers={"X-API-Key": READ}).status_code == 403
+        assert client.delete("/admin/users/-1", headers={"X-API-Key": ADMIN}).status_code == 422
         forgot = client.delete(f"/admin/users/{USER}", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert forgot.status_code == 200 and forgot.json()["removed"] == {"event_store_events": 2}
+        assert forgot.status_code == 200 and forgot.json()["removed"] == {"event_store_events": 2, "served_model_masked": 1}
         stranger = client.get(f"/recommendations/{USER}").json()
         assert stranger["source"] == "popularity"
         posted = client.post("/recommendations", json={"user_id": USER, "history": [{"item_id": 3}]}).json()
@@ -156,7 +157,7 @@ def test_forget_user_end_to_end(tmp_path: Path) -> None:
         assert client.get(f"/recommendations/{USER}").json()["source"] == "popularity"
 
     (record,) = Tombstones().audit(USER)
-    assert record.actor == "key:ops" and record.removed == {"event_store_events": 2} and record.at <= time.time()
+    assert record.actor == "key:ops" and record.removed == {"event_store_events": 2, "served_model_masked": 1} and record.at <= time.time()
     live.store.close()
 
 

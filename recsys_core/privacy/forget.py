@@ -3,6 +3,7 @@ stored live, then record what was removed in the audit log."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,13 @@ from recsys_core.schema import USER_ID
 USER_IDS_FILE = "user_ids.npy"  # recsys_core.model's name for it, not imported: serving runs without torch
 
 
-def forget_user(user_id: int, actor: str, tombstones: Tombstones, store: EventStore | None = None) -> AuditRecord:
-    """Idempotent: forgetting again removes what arrived since and adds another audit record."""
+def forget_user(
+    user_id: int, actor: str, tombstones: Tombstones, store: EventStore | None = None, elsewhere: Mapping[str, int] | None = None
+) -> AuditRecord:
+    """Idempotent: forgetting again removes what arrived since and adds another audit record. `elsewhere` adds the
+    caller's own counts to the record (the service: whether the served model held the user)."""
     tombstones.add(user_id, actor)
-    removed = {"event_store_events": store.forget_user(user_id) if store is not None else 0}
+    removed = {"event_store_events": store.forget_user(user_id) if store is not None else 0, **(elsewhere or {})}
     return tombstones.record(user_id, actor, removed)
 
 

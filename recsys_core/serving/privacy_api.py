@@ -58,7 +58,8 @@ def privacy_router(forgotten: ForgottenUsers, keys: ApiKeys, store: EventStore |
     @router.delete("/admin/users/{user_id}", response_model=ForgetResponse, responses=KEYED_RESPONSES)
     def forget(user_id: int = Path(ge=0, le=MAX_ID), key=Depends(keys.require("admin"))) -> ForgetResponse:  # noqa: ANN001, B008
         """Removes the user's live events, tombstones them for validation and serving, and records it in the audit log."""
-        record = forget_user(user_id, f"key:{key.name}", forgotten.tombstones, store)
+        held = int(forgotten.holder.current.scorer.users.contains([user_id])[0])  # masked now, gone at the retrain
+        record = forget_user(user_id, f"key:{key.name}", forgotten.tombstones, store, {"served_model_masked": held})
         forgotten.add(user_id)
         return ForgetResponse(user_id=user_id, actor=record.actor, at=record.at, audit_seq=record.seq, removed=record.removed)
 
