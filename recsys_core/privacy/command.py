@@ -1,7 +1,7 @@
 """Forget a user: remove their live events, tombstone them for validation and serving, record it in the audit log.
 
-A running service learns of a CLI forget at its next tombstone refresh (each reload poll); `DELETE
-/admin/users/{user_id}` on the service takes effect at once. The next retrain holds nothing of the user.
+A running service reads the tombstones again within 10 s and at every model swap; `DELETE /admin/users/{user_id}` on
+the service takes effect at once. The next retrain (`retrain_on_forget` requests one) holds nothing of the user.
 """
 
 from __future__ import annotations
