@@ -1,0 +1,107 @@
+"""Exposure logging off the request path: a request hands its exposure events to a bounded queue and returns; one
+background thread drains the queue in batches into the event store (one append, one commit, per batch).
+
+A full queue never blocks a request: the events are dropped and counted (`recsys_exposures_dropped{reason=
+"queue_full"}`), as are batches the store refused three times (`reason="store_error"`). `close()` drains everything
+queued before it returns, so a clean shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from recsys_core.events.schema import Event
+from recsys_core.events.store import EventStore
+
+log = logging.getLogger(__name__)
+QUEUE_FULL, STORE_ERROR = "queue_full", "store_error"
+
+
+class ExposureLog:
+    """`offer` from any request thread; `start` / `close` with the service. Also a Prometheus collector."""
+
+    def __init__(self, store: EventStore, max_queue: int = 10_000, max_batch: int = 2_000, retries: int = 3) -> None:
+        self.store, self.max_batch, self.retries = store, max_batch, retries
+        self._queue: queue.Queue[list[Event]] = queue.Queue(max_queue)  # one entry per response
+        self.logged = 0
+        self.dropped = {QUEUE_FULL: 0, STORE_ERROR: 0}
+        self._count_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def offer(self, events: list[Event]) -> bool:
+        """Queues one response's exposures; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(events)
+        except queue.Full:
+            with self._count_lock:
+                self.dropped[QUEUE_FULL] += len(events)
+            return False
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                batch = list(self._queue.get(timeout=0.2))
+            except queue.Empty:
+                if self._closing.is_set():
+                    return
+                continue
+            taken = 1
+            while len(batch) < self.max_batch:
+                try:
+                    batch += self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                taken += 1
+            self._write(batch)
+            for _ in range(taken):
+                self._queue.task_done()
+
+    def _write(self, batch: list[Event]) -> None:
+        for attempt in range(self.retries):
+            try:
+                self.store.append(batch)
+            except Exception:
+                log.exception("exposure log: event store %s refused %d events (attempt %d of %d)",
+                              self.store.describe(), len(batch), attempt + 1, self.retries)  # fmt: skip
+                time.sleep(0.1 * 2**attempt)
+                continue
+            with self._count_lock:
+                self.logged += len(batch)
+            return
+        with self._count_lock:
+            self.dropped[STORE_ERROR] += len(batch)
+
+    def flush(self) -> None:
+        """Waits until every queued exposure is in the store (or counted as dropped)."""
+        self._queue.join()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._closing.clear()
+            self._thread = threading.Thread(target=self._drain, name="recsys-exposure-log", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Drains the queue into the store, then stops the thread."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def collect(self) -> Iterator[Metric]:
+        logged = CounterMetricFamily("recsys_exposures_logged", "Exposure events appended to the event store")
+        logged.add_metric([], self.logged)
+        yield logged
+        dropped = CounterMetricFamily("recsys_exposures_dropped", "Exposure events not logged, by reason", labels=["reason"])
+        for reason, count in self.dropped.items():
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield GaugeMetricFamily("recsys_exposure_queue_depth", "Responses waiting to be logged", value=self._queue.qsize())

@@ -1,0 +1,113 @@
+"""Online experiments in the service (issue 12): users routed to arms by the salted hash and responses stamped,
+exposures logged through the event store (SQLite and a real Redis) and attributed, admin endpoints behind an admin key,
+and an experiment that survives a restart of the real uvicorn service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys_core.bench.serving import free_port
+from recsys_core.events import open_store
+from recsys_core.experiments import attribution
+from recsys_core.experiments.assignment import assign_shares
+from recsys_core.experiments.definitions import ExperimentStore
+from recsys_core.experiments.online_report import build_online_report
+from recsys_core.experiments.records import EventStoreRecords
+from recsys_core.serving.auth import hash_key
+from recsys_core.serving.reload import RegistrySource
+from recsys_core.serving.serve import build_service
+from recsys_core.tracking import MlflowSettings
+from test_serving import export_model
+
+ADMIN, WRITE = "admin-key-for-tests", "write-key-for-tests"
+AS_ADMIN, AS_WRITER = {"X-API-Key": ADMIN}, {"X-API-Key": WRITE}
+MODEL = "recsys-hybrid"
+ARMS = {"control": "alias:champion", "treatment": "alias:challenger"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two exported models, each as a registry version's artefacts would hold it (`<version>/extra_files/`)."""
+    root = tmp_path_factory.mktemp("arms")
+    for seed in (1, 2):
+        export_model(root, seed).rename(root.joinpath(f"v{seed}").mkdir() or root / f"v{seed}" / "extra_files")
+    return root
+
+
+def register(exported: Path) -> MlflowSettings:
+    """Versions 1 (`champion`) and 2 (`challenger`) in this test's registry under $RECSYS_HOME."""
+    settings = MlflowSettings(registered_model_name=MODEL)
+    client = settings.client()
+    client.create_registered_model(MODEL)
+    for version, alias in (("1", "champion"), ("2", "challenger")):
+        client.create_model_version(MODEL, source=str(exported / f"v{version}"))
+        client.set_registered_model_alias(MODEL, alias, version)
+    return settings
+
+
+def keys_file(root: Path) -> Path:
+    path = root / "keys.json"
+    path.write_text(json.dumps({"keys": [{"name": "admin", "sha256": hash_key(ADMIN), "scopes": ["admin"]},
+                                         {"name": "writer", "sha256": hash_key(WRITE), "scopes": ["write"]}]}))  # fmt: skip
+    return path
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'events.sqlite'}"
+    else:
+        yield request.getfixturevalue("redis_server").url
+
+
+def test_users_get_stable_arms_stamped_responses_and_logged_exposures(exported: Path, tmp_path: Path, store_url: str) -> None:
+    settings = register(exported)
+    app = build_service(RegistrySource(settings, "champion", tmp_path / "cache"), reload_interval=0, providers="cpu",
+                        event_store=store_url, api_keys=str(keys_file(tmp_path)), settings=settings)  # fmt: skip
+    users = list(range(1, 31))
+    with TestClient(app) as client:
+        body = {"name": "split", "arms": ARMS, "min_users_per_arm": 5}
+        assert client.post("/experiments", json=body).status_code == 401
+        assert client.post("/experiments", json=body, headers=AS_WRITER).status_code == 403
+        assert client.get("/experiments", headers=AS_WRITER).status_code == 403
+        bad = client.post("/experiments", json={**body, "arms": {"a": "alias:nope", "b": "alias:champion"}}, headers=AS_ADMIN)
+        assert bad.status_code == 422 and "alias:nope" in bad.json()["detail"]
+        created = client.post("/experiments", json=body, headers=AS_ADMIN)
+        assert created.status_code == 201 and created.json()["served"], created.text
+        assert client.post("/experiments", json=body, headers=AS_ADMIN).status_code == 409
+
+        first = {u: client.get(f"/recommendations/{u}", headers={"X-Request-ID": f"req-{u}"}).json() for u in users}
+        again = {u: client.get(f"/recommendations/{u}").json() for u in users}
+        expected = assign_shares(np.array(users), "split", {"control": 0.5, "treatment": 0.5})
+        for user, arm in zip(users, expected):
+            assert (first[user]["experiment"], first[user]["arm"]) == ("split", arm) and again[user]["arm"] == arm
+            assert first[user]["model_version"] == {"control": "1", "treatment": "2"}[arm]
+            assert first[user]["request_id"] == f"req-{user}" and again[user]["request_id"] != f"req-{user}"
+        assert len(set(expected)) == 2  # both arms served
+        clicked = first[users[0]]["items"][0]["item_id"]
+        click = {"event_id": "c1", "user_id": users[0], "item_id": clicked, "type": "click", "request_id": f"req-{users[0]}"}
+        assert client.post("/events", json={"events": [click]}, headers=AS_WRITER).status_code == 200
+
+        stopped = client.post("/experiments/split/stop", headers=AS_ADMIN)
+        assert stopped.status_code == 200 and stopped.json()["status"] == "stopped" and not stopped.json()["served"]
+        after = client.get(f"/recommendations/{users[0]}").json()
+        assert after["experiment"] is None and after["arm"] is None and after["model_version"] == "1"
+        assert client.post("/experiments/nope/stop", headers=AS_ADMIN).status_code == 404
+        assert "recsys_exposures_logged" in client.get("/metrics").text
+    # the lifespan's shutdown flushed the exposure queue: every shown item of both rounds is in the store
+    store = open_store(store_url)
+    exposures, clicks = EventStoreRecords(store).read(ExperimentStore().get("split"))
+    assert len(exposures) == sum(len(r["items"]) for r in [*first.values(), *again.values()])
+    assert set(exposures["model_version"]) == {"1", "2"} and exposures["latency_ms"].gt(0).all()
+    assert not exposures["fallback"].any() and len(clicks) == 1
+    attributed = attribution.attribute_clicks(exposures, clicks)
+    assert attributed["status"].tolist() == [attribution.ATTRIBUTED] and attributed["arm"].iloc[0] == expected[0]
+    report = build_online_report(ExperimentStore().get("split"), exposures, clicks, looks=2)
+    assert report.analysis.arms[expected[0]].clicks == 1 and report.click_status["attributed"] == 1
+    store.close()
