@@ -5,11 +5,16 @@ and an experiment that survives a restart of the real uvicorn service."""
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from dagster import DagsterInstance, materialize
 from fastapi.testclient import TestClient
 
 from recsys_core.bench.serving import free_port
@@ -19,11 +24,17 @@ from recsys_core.experiments.assignment import assign_shares
 from recsys_core.experiments.definitions import ExperimentStore
 from recsys_core.experiments.online_report import build_online_report
 from recsys_core.experiments.records import EventStoreRecords
+from recsys_core.experiments.simulate_command import ServiceSink, simulate_http
+from recsys_core.experiments.simulation import SimulatedUsers
 from recsys_core.serving.auth import hash_key
 from recsys_core.serving.reload import RegistrySource
 from recsys_core.serving.serve import build_service
+from recsys_core.synthetic import SyntheticConfig
 from recsys_core.tracking import MlflowSettings
-from test_serving import export_model
+from recsys_dagster.assets.online_ab import experiments, online_ab_report
+from recsys_dagster.resources.tracking import MlflowResource
+from servers import Processes
+from test_serving import N_ITEMS, N_USERS, export_model, wait_for
 
 ADMIN, WRITE = "admin-key-for-tests", "write-key-for-tests"
 AS_ADMIN, AS_WRITER = {"X-API-Key": ADMIN}, {"X-API-Key": WRITE}
@@ -111,3 +122,61 @@ def test_users_get_stable_arms_stamped_responses_and_logged_exposures(exported: 
     report = build_online_report(ExperimentStore().get("split"), exposures, clicks, looks=2)
     assert report.analysis.arms[expected[0]].clicks == 1 and report.click_status["attributed"] == 1
     store.close()
+
+
+def start_service(processes: Processes, name: str, port: int, root: Path) -> httpx.Client:
+    """`recsys serve --registry-alias champion` (uvicorn) with the defaults under the test's $RECSYS_HOME: registry,
+    event store and experiment store, the ones the asset reads."""
+    processes.start(name, [sys.executable, "-m", "recsys_core.serving.serve", "--registry-alias", "champion", "--port",
+                           str(port), "--providers", "cpu", "--reload-interval", "0.5", "--api-keys", str(keys_file(root))])  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert name not in processes.exited(), processes.log(name)
+        try:
+            if client.get("/health/ready").status_code == 200:
+                return client
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(processes.log(name))
+
+
+@pytest.mark.slow
+def test_simulated_traffic_through_the_real_service_survives_a_restart_and_gets_a_decision(
+    exported: Path, tmp_path: Path, recsys_home: Path
+) -> None:
+    settings = register(exported)
+    processes = Processes(tmp_path, {**os.environ, "RECSYS_HOME": str(recsys_home)}, Path.cwd())
+    port = free_port()
+    try:
+        client = start_service(processes, "first", port, tmp_path)
+        created = client.post("/experiments", json={"name": "e2e", "arms": ARMS, "min_users_per_arm": 5}, headers=AS_ADMIN)
+        assert created.status_code == 201, created.text
+        simulated = SimulatedUsers(SyntheticConfig(n_users=N_USERS, n_items=N_ITEMS, n_ratings=300, seed=5))
+        exposures, clicks, counters = simulate_http(client, simulated, rate=50, duration_s=3, seed=1)
+        ServiceSink(client, WRITE).write(exposures, clicks)
+        assert counters["errors"] == 0 and set(exposures["arm"]) == {"control", "treatment"} and len(clicks)
+        client.close()
+        processes.stop()  # SIGTERM: the lifespan flushes the exposure queue
+
+        client = start_service(processes, "second", port, tmp_path)
+        listed = client.get("/experiments", headers=AS_ADMIN).json()
+        assert [(e["name"], e["status"], e["served"]) for e in listed] == [("e2e", "running", True)]
+        arm_of = exposures.drop_duplicates("user_id").set_index("user_id")["arm"]
+        for user in arm_of.index[:10]:
+            assert client.get(f"/recommendations/{user}").json()["arm"] == arm_of[user]  # sticky across the restart
+
+        with DagsterInstance.ephemeral() as instance:
+            instance.add_dynamic_partitions(experiments.name, ["e2e"])
+            result = materialize([online_ab_report], partition_key="e2e", instance=instance,
+                                 resources={"mlflow": MlflowResource()}, raise_on_error=False)  # fmt: skip
+        value = result.output_for_node("online_ab_report")
+        assert value["decision"] in ("promote", "rollback", "continue") and value["reasons"]
+        logged, _ = EventStoreRecords(open_store()).read(ExperimentStore().get("e2e"))
+        assert len(logged) >= len(exposures)  # everything the simulator saw before the restart, plus the checks above
+        if value["decision"] != "continue":  # the asset stopped the experiment: the service follows within a poll
+            wait_for(lambda: client.get(f"/recommendations/{arm_of.index[0]}").json()["experiment"] is None)
+        client.close()
+    finally:
+        processes.stop()
