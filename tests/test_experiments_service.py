@@ -16,17 +16,20 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance, materialize
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
 
 from recsys_core.bench.serving import free_port
 from recsys_core.events import open_store
 from recsys_core.experiments import attribution
 from recsys_core.experiments.assignment import assign_shares
 from recsys_core.experiments.definitions import ExperimentStore
+from recsys_core.experiments.exposures import exposure_events, exposures_frame
 from recsys_core.experiments.online_report import build_online_report
 from recsys_core.experiments.records import EventStoreRecords
 from recsys_core.experiments.simulate_command import ServiceSink, simulate_http
 from recsys_core.experiments.simulation import SimulatedUsers
 from recsys_core.serving.auth import hash_key
+from recsys_core.serving.exposure_log import ExposureLog
 from recsys_core.serving.reload import RegistrySource
 from recsys_core.serving.serve import build_service
 from recsys_core.synthetic import SyntheticConfig
@@ -146,7 +149,7 @@ def start_service(processes: Processes, name: str, port: int, root: Path) -> htt
 def test_simulated_traffic_through_the_real_service_survives_a_restart_and_gets_a_decision(
     exported: Path, tmp_path: Path, recsys_home: Path
 ) -> None:
-    settings = register(exported)
+    register(exported)
     processes = Processes(tmp_path, {**os.environ, "RECSYS_HOME": str(recsys_home)}, Path.cwd())
     port = free_port()
     try:
@@ -180,3 +183,22 @@ def test_simulated_traffic_through_the_real_service_survives_a_restart_and_gets_
         client.close()
     finally:
         processes.stop()
+
+
+def test_exposure_log_drops_and_counts_when_full_and_drains_on_close(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    log = ExposureLog(store, max_queue=2)
+    responses = [exposure_events("e", "control", "1", f"r{i}", 7, [1, 2, 3], 1e9 + i, 5.0, False) for i in range(3)]
+    assert [log.offer(events) for events in responses] == [True, True, False]  # not started: the queue fills up
+    assert log.dropped == {"queue_full": 3, "store_error": 0}
+    log.start()
+    log.close()  # drains what was queued before it returns
+    assert log.logged == 6 and store.count() == 6
+    assert sorted(exposures_frame(store.read())["request_id"].unique()) == ["r0", "r1"]
+    assert 'recsys_exposures_dropped_total{reason="queue_full"} 3.0' in generate_latest(registry_of(log)).decode()
+
+
+def registry_of(log: ExposureLog) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(log)
+    return registry

@@ -9,27 +9,20 @@ on shapes, not weights. Part of `recsys bench experiments` (goal: p99 with the e
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 
-from recsys_core.bench.serving import build_random_bundle, free_port, random_ratings, run_load_client
+from recsys_core.bench.serving import build_random_bundle, random_ratings, run_load_client
 from recsys_core.export import export_onnx
-from recsys_core.serving.auth import hash_key
+from recsys_core.serving.process import ServiceProcess
 from recsys_core.tracking import MlflowSettings
 
 N_USERS, N_ITEMS = 943, 1682
-ADMIN = "bench-admin-key"
 MAX_P99_RATIO = 1.10
 
 
@@ -48,20 +41,6 @@ def _register(workdir: Path) -> str:
     return settings.tracking_uri
 
 
-def _wait_ready(client: httpx.Client, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the service exited: {log.read_text()[-2000:]}")
-        try:
-            if client.get("/health/ready").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("the service did not become ready within 120 s")
-
-
 def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
@@ -72,17 +51,11 @@ def serving_overhead(n_requests: int, concurrency: int, rounds: int = 4) -> tupl
     rows: list[dict[str, Any]] = []
     try:
         uri = _register(workdir)
-        keys = workdir / "keys.json"
-        keys.write_text(json.dumps({"keys": [{"name": "bench", "sha256": hash_key(ADMIN), "scopes": ["admin"]}]}))
-        port, log = free_port(), workdir / "server.log"
-        command = [sys.executable, "-m", "recsys_core.serving.serve", "--registry-alias", "champion", "--tracking-uri", uri,
-                   "--port", str(port), "--providers", "cpu", "--threads", "1", "--reload-interval", "5",
-                   "--event-store", f"sqlite:///{workdir / 'events.sqlite'}", "--api-keys", str(keys)]  # fmt: skip
-        with log.open("w") as out:
-            server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RECSYS_HOME": str(workdir)})
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"X-API-Key": ADMIN})
+        service = ServiceProcess(["--registry-alias", "champion", "--tracking-uri", uri, "--providers", "cpu", "--threads", "1",
+                                  "--reload-interval", "5", "--event-store", f"sqlite:///{workdir / 'events.sqlite'}"],
+                                 workdir / "server.log", env={"RECSYS_HOME": str(workdir)}).start()  # fmt: skip
+        client, port = service.client(service.admin_key), service.port
         try:
-            _wait_ready(client, server, log)
             paths = [f"/recommendations/{u}?k=10" for u in np.random.default_rng(0).permutation(np.arange(1, N_USERS + 1))]
             spec = {"host": "127.0.0.1", "port": port, "paths": paths, "n_requests": n_requests,
                     "concurrency": concurrency, "max_seconds": 120.0}  # fmt: skip
@@ -105,8 +78,7 @@ def serving_overhead(n_requests: int, concurrency: int, rounds: int = 4) -> tupl
             metrics = client.get("/metrics").text
         finally:
             client.close()
-            server.terminate()
-            server.wait(timeout=60)
+            service.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     p99 = {phase: float(np.median([r["p99_ms"] for r in rows if r["phase"] == phase])) for phase in ("without", "with")}
