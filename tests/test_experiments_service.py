@@ -86,15 +86,15 @@ def test_users_get_stable_arms_stamped_responses_and_logged_exposures(exported: 
                         event_store=store_url, api_keys=str(keys_file(tmp_path)), settings=settings)  # fmt: skip
     users = list(range(1, 31))
     with TestClient(app) as client:
-        body = {"name": "split", "arms": ARMS, "min_users_per_arm": 5}
-        assert client.post("/experiments", json=body).status_code == 401
-        assert client.post("/experiments", json=body, headers=AS_WRITER).status_code == 403
+        body = {"arms": ARMS, "min_users_per_arm": 5}
+        assert client.put("/experiments/split", json=body).status_code == 401
+        assert client.put("/experiments/split", json=body, headers=AS_WRITER).status_code == 403
         assert client.get("/experiments", headers=AS_WRITER).status_code == 403
-        bad = client.post("/experiments", json={**body, "arms": {"a": "alias:nope", "b": "alias:champion"}}, headers=AS_ADMIN)
+        bad = client.put("/experiments/split", json={**body, "arms": {"a": "alias:nope", "b": "alias:champion"}}, headers=AS_ADMIN)
         assert bad.status_code == 422 and "alias:nope" in bad.json()["detail"]
-        created = client.post("/experiments", json=body, headers=AS_ADMIN)
+        created = client.put("/experiments/split", json=body, headers=AS_ADMIN)
         assert created.status_code == 201 and created.json()["served"], created.text
-        assert client.post("/experiments", json=body, headers=AS_ADMIN).status_code == 409
+        assert client.put("/experiments/split", json=body, headers=AS_ADMIN).status_code == 409
 
         first = {u: client.get(f"/recommendations/{u}", headers={"X-Request-ID": f"req-{u}"}).json() for u in users}
         again = {u: client.get(f"/recommendations/{u}").json() for u in users}
@@ -154,7 +154,7 @@ def test_simulated_traffic_through_the_real_service_survives_a_restart_and_gets_
     port = free_port()
     try:
         client = start_service(processes, "first", port, tmp_path)
-        created = client.post("/experiments", json={"name": "e2e", "arms": ARMS, "min_users_per_arm": 5}, headers=AS_ADMIN)
+        created = client.put("/experiments/e2e", json={"arms": ARMS, "min_users_per_arm": 5}, headers=AS_ADMIN)
         assert created.status_code == 201, created.text
         simulated = SimulatedUsers(SyntheticConfig(n_users=N_USERS, n_items=N_ITEMS, n_ratings=300, seed=5))
         exposures, clicks, counters = simulate_http(client, simulated, rate=50, duration_s=3, seed=1)

@@ -60,13 +60,11 @@ def serving_overhead(n_requests: int, concurrency: int, rounds: int = 4) -> tupl
             spec = {"host": "127.0.0.1", "port": port, "paths": paths, "n_requests": n_requests,
                     "concurrency": concurrency, "max_seconds": 120.0}  # fmt: skip
             run_load_client({**spec, "n_requests": min(n_requests, 1000)})  # warm-up: connections, caches
-            created = client.post("/experiments", json={"name": "warm-up", "arms": {"control": "alias:champion",
-                                  "treatment": "alias:challenger"}})  # fmt: skip
-            created.raise_for_status()  # loads the challenger once; stopped at once, it stays loaded until the next poll
+            arms = {"arms": {"control": "alias:champion", "treatment": "alias:challenger"}}
+            client.put("/experiments/warm-up", json=arms).raise_for_status()  # downloads the challenger into the cache once
             for i, phase in enumerate(["without", "with"] * rounds):
                 if phase == "with":
-                    body = {"name": f"overhead-{i}", "arms": {"control": "alias:champion", "treatment": "alias:challenger"}}
-                    client.post("/experiments", json=body).raise_for_status()
+                    client.put(f"/experiments/overhead-{i}", json=arms).raise_for_status()
                 else:
                     for e in client.get("/experiments").json():
                         if e["status"] == "running":

@@ -1,4 +1,5 @@
-"""Keyed admin endpoints (scope `admin`) for online experiments: create, list, stop.
+"""Keyed admin endpoints (scope `admin`) for online experiments: create (`PUT /experiments/{name}`: the name is the
+experiment's identity, never reused), list, stop.
 
 They write the same SQLite definitions as `recsys experiments` (so an experiment survives a service restart and the
 CLI and the service agree), then reload the service's arms at once: a created experiment serves its next request, a
@@ -31,7 +32,6 @@ class GuardrailModel(BaseModel):
 class ExperimentIn(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    name: str = Field(pattern=NAME)
     arms: dict[str, str] = Field(description="arm -> alias:NAME or version:N; two arms, the control first")
     shares: dict[str, float] | None = Field(default=None, description="traffic share per arm; default equal, summing to 1")
     salt: str = Field(default="", max_length=128, description="assignment salt; default the name")
@@ -75,15 +75,15 @@ def experiments_router(arms: ExperimentArms, keys: ApiKeys) -> APIRouter:
         """Every experiment, running and stopped."""
         return [out(d) for d in arms.store.list()]
 
-    @router.post("/experiments", response_model=ExperimentOut, status_code=201,
-                 responses={409: {"model": ErrorBody, "description": "An experiment of that name exists (names are never reused)"}})
-    async def create_experiment(body: ExperimentIn) -> ExperimentOut:
+    @router.put("/experiments/{name}", response_model=ExperimentOut, status_code=201,
+                responses={409: {"model": ErrorBody, "description": "An experiment of that name exists (names are never reused)"}})
+    async def create_experiment(body: ExperimentIn, name: str = Path(pattern=NAME)) -> ExperimentOut:
         """Defines and starts an experiment; 422 when an arm's model cannot be found in the registry."""
         shares = body.shares or {arm: 1 / len(body.arms) for arm in body.arms}
         rails = {"guardrails": [Guardrail(**g.model_dump()) for g in body.guardrails]} if body.guardrails is not None else {}
         try:
             definition = ExperimentDefinition(
-                body.name, dict(body.arms), dict(shares), salt=body.salt, primary_metric=body.primary_metric,
+                name, dict(body.arms), dict(shares), salt=body.salt, primary_metric=body.primary_metric,
                 min_users_per_arm=body.min_users_per_arm, alpha=body.alpha, mixture_sd=body.mixture_sd,
                 attribution_window_s=body.attribution_window_s, **rails,
             )  # fmt: skip
@@ -91,7 +91,7 @@ def experiments_router(arms: ExperimentArms, keys: ApiKeys) -> APIRouter:
             raise HTTPException(422, str(error)) from None
         problems = await run_in_threadpool(arms.check_refs, list(definition.arms.values()))
         if problems:
-            raise HTTPException(422, f"experiment {body.name!r}: arm model not found: {'; '.join(problems)}")
+            raise HTTPException(422, f"experiment {name!r}: arm model not found: {'; '.join(problems)}")
         try:
             created = arms.store.create(definition)
         except ValueError as error:
