@@ -77,12 +77,17 @@ class ExperimentArms:
     def refresh(self) -> list[str]:
         """Re-reads the running experiments and loads any arm version not loaded yet; -> the experiments now served."""
         with self._lock:
+            try:
+                definitions = self.store.list(running_only=True)
+            except Exception:  # the definitions file is unreadable now: keep serving what runs, retry next poll
+                log.exception("experiment definitions %s not readable; keeping %d running", self.store.path, len(self.running))
+                return [r.definition.name for r in self.running]
             previous = {r.definition.name: r for r in self.running}
             pool = {self.holder.current.token: self.holder.current}
             for running in self.running:
                 pool.update({m.token: m for m in running.models.values()})
             fresh, errors = [], {}
-            for definition in self.store.list(running_only=True):
+            for definition in definitions:
                 try:
                     models = {arm: self._model(ref, pool) for arm, ref in definition.arms.items()}
                 except Exception as error:  # an arm that cannot serve pauses its experiment, nothing else
