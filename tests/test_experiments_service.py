@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from recsys_core.bench.serving import free_port
 from recsys_core.events import open_store
 from recsys_core.experiments import attribution
-from recsys_core.experiments.assignment import assign_shares
+from recsys_core.experiments.assignment import Assigner, assign_shares
 from recsys_core.experiments.definitions import ExperimentStore
-from recsys_core.experiments.exposures import exposure_events, exposures_frame
+from recsys_core.experiments.exposures import Exposure, exposures_frame
 from recsys_core.experiments.online_report import build_online_report
 from recsys_core.experiments.records import EventStoreRecords
 from recsys_core.experiments.simulate_command import ServiceSink, simulate_http
@@ -188,8 +188,8 @@ def test_simulated_traffic_through_the_real_service_survives_a_restart_and_gets_
 def test_exposure_log_drops_and_counts_when_full_and_drains_on_close(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'events.sqlite'}")
     log = ExposureLog(store, max_queue=2)
-    responses = [exposure_events("e", "control", "1", f"r{i}", 7, [1, 2, 3], 1e9 + i, 5.0, False) for i in range(3)]
-    assert [log.offer(events) for events in responses] == [True, True, False]  # not started: the queue fills up
+    responses = [Exposure("e", "control", "1", f"r{i}", 7, [1, 2, 3], 1e9 + i, 5.0, False) for i in range(3)]
+    assert [log.offer(exposure) for exposure in responses] == [True, True, False]  # not started: the queue fills up
     assert log.dropped == {"queue_full": 3, "store_error": 0}
     log.start()
     log.close()  # drains what was queued before it returns
@@ -202,3 +202,10 @@ def registry_of(log: ExposureLog) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(log)
     return registry
+
+
+def test_request_path_assigner_matches_the_vectorised_assignment() -> None:
+    ids = np.concatenate([np.arange(0, 5000), np.random.default_rng(0).integers(0, 2**62, 5000)])
+    for salt, shares in (("split", {"a": 0.5, "b": 0.5}), ("other", {"a": 0.2, "b": 0.3}), ("srm", {"a": 0.45, "b": 0.55})):
+        assign = Assigner(salt, shares)
+        assert [assign(int(u)) for u in ids] == assign_shares(ids, salt, shares).tolist()

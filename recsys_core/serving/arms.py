@@ -16,11 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from recsys_core.experiments.assignment import OUTSIDE, assign_shares
+from recsys_core.experiments.assignment import OUTSIDE, Assigner
 from recsys_core.experiments.definitions import ExperimentDefinition, ExperimentStore
-from recsys_core.experiments.exposures import exposure_events
+from recsys_core.experiments.exposures import Exposure
 from recsys_core.serving.exposure_log import ExposureLog
 from recsys_core.serving.reload import ModelHolder, ModelSource, Poller, RegistrySource, ServedModel, VersionSource, load_validated
 from recsys_core.serving.scorer import Recommendations
@@ -57,6 +55,7 @@ class Routed:
 class RunningExperiment:
     definition: ExperimentDefinition
     models: dict[str, ServedModel]
+    assign: Assigner
 
 
 class ExperimentArms:
@@ -97,7 +96,7 @@ class ExperimentArms:
                     if kept is not None and kept.definition == definition and isinstance(error, RegistryUnreadable):
                         fresh.append(kept)  # the registry is unreachable: keep serving what was loaded
                     continue
-                fresh.append(RunningExperiment(definition, models))
+                fresh.append(RunningExperiment(definition, models, Assigner(definition.effective_salt, definition.shares)))
             self.running, self.errors = fresh, errors
             return [r.definition.name for r in fresh]
 
@@ -133,17 +132,14 @@ class ExperimentArms:
         if user_id is None:
             return None
         for running in self.running:
-            d = running.definition
-            arm = assign_shares(np.array([user_id]), d.effective_salt, d.shares)[0]
+            arm = running.assign(user_id)
             if arm != OUTSIDE:
-                return Routed(d.name, str(arm), running.models[arm])
+                return Routed(running.definition.name, arm, running.models[arm])
         return None
 
     def log(self, routed: Routed, request_id: str, user_id: int, recs: Recommendations, latency_ms: float, at: float) -> None:
-        self.exposures.offer(exposure_events(
-            routed.experiment, routed.arm, routed.model.version, request_id, user_id, recs.item_ids, at, latency_ms,
-            recs.source == "popularity",
-        ))  # fmt: skip
+        self.exposures.offer(Exposure(routed.experiment, routed.arm, routed.model.version, request_id, user_id, recs.item_ids,
+                                      at, latency_ms, recs.source == "popularity"))  # fmt: skip
 
     def start(self) -> None:
         self.refresh()

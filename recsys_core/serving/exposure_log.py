@@ -1,5 +1,6 @@
-"""Exposure logging off the request path: a request hands its exposure events to a bounded queue and returns; one
-background thread drains the queue in batches into the event store (one append, one commit, per batch).
+"""Exposure logging off the request path: a request hands its `Exposure` to a bounded queue and returns; one
+background thread turns them into events and drains the queue in batches into the event store (one append, one
+commit, per batch).
 
 A full queue never blocks a request: the events are dropped and counted (`recsys_exposures_dropped{reason=
 "queue_full"}`), as are batches the store refused three times (`reason="store_error"`). `close()` drains everything
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from recsys_core.events.schema import Event
 from recsys_core.events.store import EventStore
+from recsys_core.experiments.exposures import Exposure
 
 log = logging.getLogger(__name__)
 QUEUE_FULL, STORE_ERROR = "queue_full", "store_error"
@@ -28,27 +30,27 @@ class ExposureLog:
 
     def __init__(self, store: EventStore, max_queue: int = 10_000, max_batch: int = 2_000, retries: int = 3) -> None:
         self.store, self.max_batch, self.retries = store, max_batch, retries
-        self._queue: queue.Queue[list[Event]] = queue.Queue(max_queue)  # one entry per response
+        self._queue: queue.Queue[Exposure] = queue.Queue(max_queue)  # one entry per response
         self.logged = 0
         self.dropped = {QUEUE_FULL: 0, STORE_ERROR: 0}
         self._count_lock = threading.Lock()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def offer(self, events: list[Event]) -> bool:
-        """Queues one response's exposures; False (and counted) when the queue is full."""
+    def offer(self, exposure: Exposure) -> bool:
+        """Queues one response's exposure; False (and its items counted as dropped) when the queue is full."""
         try:
-            self._queue.put_nowait(events)
+            self._queue.put_nowait(exposure)
         except queue.Full:
             with self._count_lock:
-                self.dropped[QUEUE_FULL] += len(events)
+                self.dropped[QUEUE_FULL] += len(exposure.item_ids)
             return False
         return True
 
     def _drain(self) -> None:
         while True:
             try:
-                batch = list(self._queue.get(timeout=0.2))
+                batch = self._queue.get(timeout=0.2).events()
             except queue.Empty:
                 if self._closing.is_set():
                     return
@@ -56,7 +58,7 @@ class ExposureLog:
             taken = 1
             while len(batch) < self.max_batch:
                 try:
-                    batch += self._queue.get_nowait()
+                    batch += self._queue.get_nowait().events()
                 except queue.Empty:
                     break
                 taken += 1
