@@ -190,12 +190,13 @@ def test_exposure_log_drops_and_counts_when_full_and_drains_on_close(tmp_path: P
     log = ExposureLog(store, max_queue=2)
     responses = [Exposure("e", "control", "1", f"r{i}", 7, [1, 2, 3], 1e9 + i, 5.0, False) for i in range(3)]
     assert [log.offer(exposure) for exposure in responses] == [True, True, False]  # not started: the queue fills up
-    assert log.dropped == {"queue_full": 3, "store_error": 0}
+    assert log.dropped == {"queue_full": 1, "store_error": 0}
     log.start()
     log.close()  # drains what was queued before it returns
-    assert log.logged == 6 and store.count() == 6
-    assert sorted(exposures_frame(store.read())["request_id"].unique()) == ["r0", "r1"]
-    assert 'recsys_exposures_dropped_total{reason="queue_full"} 3.0' in generate_latest(registry_of(log)).decode()
+    assert log.logged == 2 and store.count() == 2
+    logged = exposures_frame(store.read())
+    assert logged["request_id"].tolist() == ["r0"] * 3 + ["r1"] * 3 and logged["rank"].tolist() == [1, 2, 3] * 2
+    assert 'recsys_exposures_dropped_total{reason="queue_full"} 1.0' in generate_latest(registry_of(log)).decode()
 
 
 def registry_of(log: ExposureLog) -> CollectorRegistry:

@@ -1,9 +1,12 @@
-"""Exposures as events in the event store: one `exposure` event per shown item, so the store's ordering, durability
-and idempotency carry experiment traffic too, and the online report reads it back as `attribution`'s exposure rows.
+"""Exposures as events in the event store: one `exposure` event per experiment response, so the store's ordering,
+durability and idempotency carry experiment traffic too, and the online report reads it back as `attribution`'s
+exposure rows (one per shown item, with its rank).
 
-The store's schema has no free-form column, so an exposure's experiment, arm, model version, latency and fallback
-flag travel in its `event_id`, which is unique per (request_id, rank) anyway: `exposure|<rank>|<json list>`. Its
-`value` is the rank. `exposure` is not a type clients may post (`EventRules.types`), so only the service writes them.
+The store's schema has no free-form column, so the response's experiment, arm, model version, request_id, server
+time, latency, fallback flag and shown items (in rank order) travel in its `event_id`: `exposure|<json list>`, unique
+per response. Its `item_id` is the top item, its `value` the number shown. One event per response, not per item:
+the log's appends cost per event, and the request path shares the interpreter with them. `exposure` is not a type
+clients may post (`EventRules.types`), so only the service writes them.
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ class Exposure:
     latency_ms: float
     fallback: bool
 
-    def events(self) -> list[Event]:
-        """One event per shown item (rank 1 first)."""
-        context = json.dumps([self.experiment, self.arm, self.model_version, self.request_id, round(self.latency_ms, 3),
-                              self.fallback], separators=(",", ":"))  # fmt: skip
-        return [Event(f"{PREFIX}{rank}|{context}", int(self.user_id), int(item), EXPOSURE, self.timestamp, float(rank),
-                      self.request_id) for rank, item in enumerate(self.item_ids, start=1)]  # fmt: skip
+    def event(self) -> Event:
+        context = [self.experiment, self.arm, self.model_version, self.request_id, self.timestamp, round(self.latency_ms, 3),
+                   self.fallback, [int(i) for i in self.item_ids]]  # fmt: skip
+        return Event(PREFIX + json.dumps(context, separators=(",", ":")), int(self.user_id),
+                     int(self.item_ids[0]) if len(self.item_ids) else 0, EXPOSURE, self.timestamp,
+                     float(len(self.item_ids)), self.request_id)  # fmt: skip
 
 
 def exposures_frame(events: Iterable[Event]) -> pd.DataFrame:
@@ -52,9 +55,9 @@ def exposures_frame(events: Iterable[Event]) -> pd.DataFrame:
     for e in events:
         if e.type != EXPOSURE or not e.event_id.startswith(PREFIX):
             continue
-        rank, context = e.event_id[len(PREFIX) :].split("|", 1)
-        experiment, arm, version, request_id, latency_ms, fallback = json.loads(context)
-        rows.append((request_id, e.user_id, arm, e.item_id, int(rank), e.timestamp, experiment, version, latency_ms, fallback))
+        experiment, arm, version, request_id, _, latency_ms, fallback, items = json.loads(e.event_id[len(PREFIX) :])
+        rows += [(request_id, e.user_id, arm, item, rank, e.timestamp, experiment, version, latency_ms, fallback)
+                 for rank, item in enumerate(items, start=1)]  # fmt: skip
     return pd.DataFrame(rows, columns=[*EXPOSURE_COLUMNS, *EXTRA_COLUMNS])
 
 

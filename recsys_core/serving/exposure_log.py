@@ -1,8 +1,8 @@
 """Exposure logging off the request path: a request hands its `Exposure` to a bounded queue and returns; one
 background thread turns them into events and drains the queue in batches into the event store (one append, one
-commit, per batch).
+commit, per batch). Counts are of exposures, i.e. responses (one event each).
 
-A full queue never blocks a request: the events are dropped and counted (`recsys_exposures_dropped{reason=
+A full queue never blocks a request: the exposure is dropped and counted (`recsys_exposures_dropped{reason=
 "queue_full"}`), as are batches the store refused three times (`reason="store_error"`). `close()` drains everything
 queued before it returns, so a clean shutdown loses nothing.
 """
@@ -28,7 +28,7 @@ QUEUE_FULL, STORE_ERROR = "queue_full", "store_error"
 class ExposureLog:
     """`offer` from any request thread; `start` / `close` with the service. Also a Prometheus collector."""
 
-    def __init__(self, store: EventStore, max_queue: int = 10_000, max_batch: int = 2_000, retries: int = 3) -> None:
+    def __init__(self, store: EventStore, max_queue: int = 10_000, max_batch: int = 500, retries: int = 3) -> None:
         self.store, self.max_batch, self.retries = store, max_batch, retries
         self._queue: queue.Queue[Exposure] = queue.Queue(max_queue)  # one entry per response
         self.logged = 0
@@ -38,32 +38,30 @@ class ExposureLog:
         self._thread: threading.Thread | None = None
 
     def offer(self, exposure: Exposure) -> bool:
-        """Queues one response's exposure; False (and its items counted as dropped) when the queue is full."""
+        """Queues one response's exposure; False (and counted as dropped) when the queue is full."""
         try:
             self._queue.put_nowait(exposure)
         except queue.Full:
             with self._count_lock:
-                self.dropped[QUEUE_FULL] += len(exposure.item_ids)
+                self.dropped[QUEUE_FULL] += 1
             return False
         return True
 
     def _drain(self) -> None:
         while True:
             try:
-                batch = self._queue.get(timeout=0.2).events()
+                batch = [self._queue.get(timeout=0.2).event()]
             except queue.Empty:
                 if self._closing.is_set():
                     return
                 continue
-            taken = 1
             while len(batch) < self.max_batch:
                 try:
-                    batch += self._queue.get_nowait().events()
+                    batch.append(self._queue.get_nowait().event())
                 except queue.Empty:
                     break
-                taken += 1
             self._write(batch)
-            for _ in range(taken):
+            for _ in batch:
                 self._queue.task_done()
 
     def _write(self, batch: list[Event]) -> None:
@@ -99,10 +97,10 @@ class ExposureLog:
             self._thread = None
 
     def collect(self) -> Iterator[Metric]:
-        logged = CounterMetricFamily("recsys_exposures_logged", "Exposure events appended to the event store")
+        logged = CounterMetricFamily("recsys_exposures_logged", "Exposures (responses) appended to the event store")
         logged.add_metric([], self.logged)
         yield logged
-        dropped = CounterMetricFamily("recsys_exposures_dropped", "Exposure events not logged, by reason", labels=["reason"])
+        dropped = CounterMetricFamily("recsys_exposures_dropped", "Exposures (responses) not logged, by reason", labels=["reason"])
         for reason, count in self.dropped.items():
             dropped.add_metric([reason], count)
         yield dropped
