@@ -45,8 +45,11 @@ def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def serving_overhead(n_requests: int, concurrency: int, rounds: int = 4) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(one row per load phase, a summary with the p99 ratio)."""
+def serving_overhead(
+    n_requests: int, concurrency: int, rounds: int = 4, treatment: str = "alias:challenger"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(one row per load phase, a summary with the p99 ratio). `treatment="alias:champion"` (an A/A experiment, one
+    model) separates the cost of routing and logging from that of serving half the users from a second model."""
     workdir = Path(tempfile.mkdtemp(prefix="recsys-bench-experiments-"))
     rows: list[dict[str, Any]] = []
     try:
@@ -60,7 +63,7 @@ def serving_overhead(n_requests: int, concurrency: int, rounds: int = 4) -> tupl
             spec = {"host": "127.0.0.1", "port": port, "paths": paths, "n_requests": n_requests,
                     "concurrency": concurrency, "max_seconds": 120.0}  # fmt: skip
             run_load_client({**spec, "n_requests": min(n_requests, 1000)})  # warm-up: connections, caches
-            arms = {"arms": {"control": "alias:champion", "treatment": "alias:challenger"}}
+            arms = {"arms": {"control": "alias:champion", "treatment": treatment}}
             client.put("/experiments/warm-up", json=arms).raise_for_status()  # downloads the challenger into the cache once
             for i, phase in enumerate(["without", "with"] * rounds):
                 if phase == "with":
@@ -83,5 +86,6 @@ def serving_overhead(n_requests: int, concurrency: int, rounds: int = 4) -> tupl
     summary = {"p99_ms_without": p99["without"], "p99_ms_with": p99["with"], "p99_ratio": p99["with"] / p99["without"],
                "exposures_logged": _metric(metrics, "recsys_exposures_logged"),
                "exposures_dropped": _metric(metrics, "recsys_exposures_dropped"),
-               "requests_with_experiment": rounds * n_requests, "concurrency": concurrency, "rounds": rounds}  # fmt: skip
+               "requests_with_experiment": rounds * n_requests, "concurrency": concurrency, "rounds": rounds,
+               "treatment": treatment}  # fmt: skip
     return rows, summary

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overhead-requests", type=int, default=4000, help="HTTP requests per load phase of the overhead part")
     parser.add_argument("--concurrency", type=int, default=16, help="connections of the serving-overhead load")
     parser.add_argument("--overhead-rounds", type=int, default=4, help="without/with phase pairs of that measurement")
+    parser.add_argument("--overhead-treatment", default="alias:challenger",
+                        help="the experiment's second arm; alias:champion makes it an A/A test on one model")
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def run(args: Any) -> int:
         raise SystemExit("--looks must be >= 10: the A/A goal is about continuous monitoring")
     started = time.perf_counter()
     rows, goals, facts = statistics(args) if args.part != "overhead" else ([], {}, {})
-    overhead_rows, overhead = (serving_overhead(args.overhead_requests, args.concurrency, args.overhead_rounds)
+    overhead_rows, overhead = (serving_overhead(args.overhead_requests, args.concurrency, args.overhead_rounds, args.overhead_treatment)
                                if args.part != "statistics" else ([], {}))  # fmt: skip
     if overhead:
         goals[f"serving p99 with an experiment within {MAX_P99_RATIO - 1:.0%} of without"] = _goal(
