@@ -28,8 +28,11 @@ QUEUE_FULL, STORE_ERROR = "queue_full", "store_error"
 class ExposureLog:
     """`offer` from any request thread; `start` / `close` with the service. Also a Prometheus collector."""
 
-    def __init__(self, store: EventStore, max_queue: int = 10_000, max_batch: int = 500, retries: int = 3) -> None:
-        self.store, self.max_batch, self.retries = store, max_batch, retries
+    def __init__(
+        self, store: EventStore, max_queue: int = 10_000, max_batch: int = 500, retries: int = 3, interval_s: float = 0.1
+    ) -> None:
+        """`interval_s`: after the first exposure of a batch, how long to collect more (fewer commits and wake-ups)."""
+        self.store, self.max_batch, self.retries, self.interval_s = store, max_batch, retries, interval_s
         self._queue: queue.Queue[Exposure] = queue.Queue(max_queue)  # one entry per response
         self.logged = 0
         self.dropped = {QUEUE_FULL: 0, STORE_ERROR: 0}
@@ -55,6 +58,7 @@ class ExposureLog:
                 if self._closing.is_set():
                     return
                 continue
+            self._closing.wait(self.interval_s)  # returns at once when closing
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait().event())
