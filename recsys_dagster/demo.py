@@ -124,16 +124,20 @@ def run(args: argparse.Namespace) -> int:
 
 def online_loop(console: Console, defs, instance: DagsterInstance, args: argparse.Namespace) -> bool:  # noqa: ANN001
     """A weaker challenger, both models in an experiment behind the real service, simulated traffic, the online report."""
-    from recsys_dagster.assets.online_ab import experiments
-
     trained = console.stage("[2] challenger: trained_model, onnx_model, ab_report again, deliberately weaker (1 epoch, no prior)",
                             lambda: defs.resolve_job_def("train_and_evaluate").execute_in_process(
                                 instance=instance, run_config=WEAKER, asset_selection=CHALLENGER, raise_on_error=False))  # fmt: skip
-    if not trained.success:
+    if not trained.is_node_success("onnx_model"):  # ab_report's blocking check may fail: the gate holding it back
         console.say(f"  FAILED (run {trained.run_id})")
         return False
-    offline = instance.get_latest_materialization_event(AssetKey("ab_report")).asset_materialization.metadata
-    console.say(f"  offline gate (ab_report): {_value(offline['decision'])}; run online anyway, to show a regression caught")
+    gate = "passed" if trained.success else "held it back (blocking check: worse beyond tolerance)"
+    console.say(f"  offline gate (ab_report) {gate}; the demo runs it online anyway, to show a regression caught")
+    return experiment(console, defs, instance, args)
+
+
+def experiment(console: Console, defs, instance: DagsterInstance, args: argparse.Namespace) -> bool:  # noqa: ANN001
+    """Champion and challenger in an experiment behind the real service, simulated traffic, then the online report."""
+    from recsys_dagster.assets.online_ab import experiments
 
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     service = ServiceProcess(["--registry-alias", "champion", "--providers", "cpu", "--reload-interval", "2"], log_path=console.log_path)
