@@ -52,7 +52,9 @@ def test_online_report_promotes_and_srm_blocks(recsys_home: Path, tmp_path: Path
         assert sorted(sensor_result.dynamic_partitions_requests[0].partition_keys) == ["better", "broken"]
         instance.add_dynamic_partitions(experiments.name, ["better", "broken"])
         resources = {"mlflow": MlflowResource()}
-        better = materialize([online_ab_report], partition_key="better", instance=instance, resources=resources)
+        parquet = {"ops": {"online_ab_report": {"config": {"records": "parquet"}}}}
+        better = materialize([online_ab_report], partition_key="better", instance=instance, resources=resources,
+                             run_config=parquet)  # fmt: skip
         assert better.success
         value = better.output_for_node("online_ab_report")
         assert value["decision"] == "promote", value["reasons"]
@@ -62,7 +64,7 @@ def test_online_report_promotes_and_srm_blocks(recsys_home: Path, tmp_path: Path
 
         settings.client().set_registered_model_alias(MODEL, "champion", "1")
         broken = materialize([online_ab_report], partition_key="broken", instance=instance, resources=resources,
-                             raise_on_error=False)  # fmt: skip
+                             run_config=parquet, raise_on_error=False)  # fmt: skip
         checks = {c.check_name: c.passed for c in broken.get_asset_check_evaluations()}
         assert checks[SRM_CHECK] is False
         value = broken.output_for_node("online_ab_report")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys_core.bench.experiment_overhead import MAX_P99_RATIO, serving_overhead
 from recsys_core.bench.report import write_report
 from recsys_core.experiments import online
 from recsys_core.experiments.assignment import assign_shares
@@ -38,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--visitors", type=int, default=4000, help="users per experiment (both arms)")
     parser.add_argument("--looks", type=int, default=40, help="analyses while each experiment runs (>= 10)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--part", default="all", choices=["all", "statistics", "overhead"],
+                        help="statistics: the simulated experiments; overhead: serving p99 with vs without an experiment")
+    parser.add_argument("--overhead-requests", type=int, default=4000, help="HTTP requests per load phase of the overhead part")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections of the serving-overhead load")
+    parser.add_argument("--overhead-rounds", type=int, default=4, help="without/with phase pairs of that measurement")
+    parser.add_argument("--overhead-treatment", default="alias:challenger",
+                        help="the experiment's second arm; alias:champion makes it an A/A test on one model")
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,26 @@ def run(args: Any) -> int:
     if args.looks < 10:
         raise SystemExit("--looks must be >= 10: the A/A goal is about continuous monitoring")
     started = time.perf_counter()
+    rows, goals, facts = statistics(args) if args.part != "overhead" else ([], {}, {})
+    overhead_rows, overhead = (serving_overhead(args.overhead_requests, args.concurrency, args.overhead_rounds, args.overhead_treatment)
+                               if args.part != "statistics" else ([], {}))  # fmt: skip
+    if overhead:
+        goals[f"serving p99 with an experiment within {MAX_P99_RATIO - 1:.0%} of without"] = _goal(
+            MAX_P99_RATIO, overhead["p99_ratio"], overhead["p99_ratio"] <= MAX_P99_RATIO and not overhead["exposures_dropped"])
+    write_report("experiments", rows, args.json, goals=goals, **facts, serving_overhead={"phases": overhead_rows, **overhead},
+                 seconds=round(time.perf_counter() - started, 1))  # fmt: skip
+    if overhead:
+        print(f"\nserving overhead: p99 {overhead['p99_ms_without']:.2f} ms without an experiment, {overhead['p99_ms_with']:.2f} ms "
+              f"with one ({overhead['p99_ratio']:.3f}x); {overhead['exposures_logged']:.0f} exposures logged, "
+              f"{overhead['exposures_dropped']:.0f} dropped")  # fmt: skip
+    print("\ngoals:")
+    for name, goal in goals.items():
+        print(f"  {'PASS' if goal['passed'] else 'FAIL'}  {name}: {goal['value']:.3f} (goal {goal['goal']})")
+    return 0 if all(goal["passed"] for goal in goals.values()) else 1
+
+
+def statistics(args: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """A/A, A/B and SRM scenarios: (rows, goals, facts for the report)."""
     simulated = SimulatedUsers()
     ctr = {name: simulated.expected_ctr(simulated.ranked_lists(K, noise=noise, seed=1)) for name, noise in NOISE.items()}
     definition = ExperimentDefinition("bench", {"control": "alias:champion", "treatment": "alias:challenger"},
@@ -153,15 +181,10 @@ def run(args: Any) -> int:
             0.99, share := sum(r.blocked and r.action == online.CONTINUE for r in outcomes["SRM 45/55 (A/B better)"])
             / args.experiments, share >= 0.99),
     }  # fmt: skip
-    write_report(
-        "experiments", rows, args.json, goals=goals, looks=args.looks, visitors=args.visitors,
-        sequential_test="mSPRT, normal mixture (Johari et al., Always Valid Inference, Operations Research 2022)",
-        mixture_sd=definition.mixture_sd, alpha=definition.alpha, srm_min_users_for_decisions=srm_users, seconds=round(time.perf_counter() - started, 1),
-    )  # fmt: skip
-    print("\ngoals:")
-    for name, goal in goals.items():
-        print(f"  {'PASS' if goal['passed'] else 'FAIL'}  {name}: {goal['value']:.3f} (goal {goal['goal']})")
-    return 0 if all(goal["passed"] for goal in goals.values()) else 1
+    facts = {"looks": args.looks, "visitors": args.visitors, "mixture_sd": definition.mixture_sd, "alpha": definition.alpha,
+             "sequential_test": "mSPRT, normal mixture (Johari et al., Always Valid Inference, Operations Research 2022)",
+             "srm_min_users_for_decisions": srm_users}  # fmt: skip
+    return rows, goals, facts
 
 
 def _goal(goal: float, value: float, passed: bool) -> dict[str, Any]:

@@ -39,6 +39,8 @@ def build_online_report(
     if exposures.empty:
         raise ValueError(f"experiment {definition.name!r}: no exposures in arms {list(definition.arms)}")
     start, end = float(exposures[attribution.TIMESTAMP].min()), float(exposures[attribution.TIMESTAMP].max())
+    if len(clicks):  # the last look counts the clicks that came after the last exposure
+        end = max(end, float(clicks[attribution.TIMESTAMP].max()))
     rails = {arm: online.guardrail_metrics(exposures, arm, catalogue_size) for arm in definition.arms}
     previous_p, rows = 1.0, []
     for until in np.linspace(start, end, looks + 1)[1:]:

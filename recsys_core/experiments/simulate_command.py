@@ -4,14 +4,16 @@ and click according to those preferences, at a configured rate for a configured 
 Personas are the synthetic data set's users (`--n-users`, `--n-items`, `--n-ratings`, `--data-seed` must match the data
 the served model was trained on, default the embedded synthetic data set); a persona requests as its own user_id.
 The arm and request_id come from the response when the service stamps them (an experiment is running), else the
-arm is the served model version and the simulator makes up the request_id. Exposures and clicks are written as
-Parquet files that `online_report.build_online_report` reads; sending them to the event store replaces the files
-once that exists (`RecordSink`).
+arm is the served model version and the simulator makes up the request_id. Where the records go is a `RecordSink`:
+Parquet files (`--sink parquet`, read by `records.ParquetRecords`), or the real loop (`--sink service`): the service
+already logged the exposures into its event store, and the clicks go to its `POST /events` with their request_id,
+from where `records.EventStoreRecords` reads both.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +38,22 @@ class ParquetSink:
         self.directory.mkdir(parents=True, exist_ok=True)
         exposures.to_parquet(self.directory / "exposures.parquet", index=False)
         clicks.to_parquet(self.directory / "clicks.parquet", index=False)
+
+
+class ServiceSink:
+    """Clicks to the service's `POST /events` (a key with scope `write`), in batches; exposures are the service's own."""
+
+    def __init__(self, client: httpx.Client, api_key: str, batch: int = 500) -> None:
+        self.client, self.headers, self.batch = client, {"X-API-Key": api_key}, batch
+
+    def write(self, exposures: pd.DataFrame, clicks: pd.DataFrame) -> None:
+        events = [{"event_id": f"sim-{c.request_id}-{c.item_id}", "user_id": int(c.user_id), "item_id": int(c.item_id),
+                   "type": "click", "timestamp": float(c.timestamp), "request_id": c.request_id}
+                  for c in clicks.itertuples()]  # fmt: skip
+        for start in range(0, len(events), self.batch):
+            response = self.client.post("/events", json={"events": events[start : start + self.batch]}, headers=self.headers)
+            if response.status_code != 200:
+                raise RuntimeError(f"POST /events answered {response.status_code}: {response.text[:500]}")
 
 
 def simulate_http(
@@ -81,7 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--sink", default="parquet", choices=["parquet", "service"],
+                        help="parquet: write --out; service: post the clicks to the service's POST /events")
     parser.add_argument("--out", default="simulated", help="folder for exposures.parquet and clicks.parquet")
+    parser.add_argument("--api-key", default=os.environ.get("RECSYS_API_KEY", ""),
+                        help="key with scope write, for --sink service (default $RECSYS_API_KEY)")
     parser.add_argument("--seed", type=int, default=0, help="seed of personas and clicks")
     defaults = SyntheticConfig()
     parser.add_argument("--n-users", type=int, default=defaults.n_users)
@@ -94,11 +116,15 @@ def run(args: Any) -> int:
     if args.rate <= 0 or args.duration <= 0:
         raise SystemExit("--rate and --duration must be > 0")
     config = SyntheticConfig(n_users=args.n_users, n_items=args.n_items, n_ratings=args.n_ratings, seed=args.data_seed)
+    if args.sink == "service" and not args.api_key:
+        raise SystemExit("--sink service needs --api-key (or $RECSYS_API_KEY) with scope write")
     with httpx.Client(base_url=args.url, timeout=10) as client:
         exposures, clicks, counters = simulate_http(client, SimulatedUsers(config), rate=args.rate,
                                                     duration_s=args.duration, k=args.k, seed=args.seed)  # fmt: skip
-    ParquetSink(args.out).write(exposures, clicks)
+        sink = ServiceSink(client, args.api_key) if args.sink == "service" else ParquetSink(args.out)
+        sink.write(exposures, clicks)
     shown = len(exposures)
+    where = f"{args.url}/events" if args.sink == "service" else f"{args.out}/exposures.parquet and clicks.parquet"
     print(f"{counters['requests']} requests ({counters['errors']} errors), {shown} items shown, {len(clicks)} clicks "
-          f"(CTR {len(clicks) / max(shown, 1):.4f}); wrote {args.out}/exposures.parquet and clicks.parquet")  # fmt: skip
+          f"(CTR {len(clicks) / max(shown, 1):.4f}); wrote {where}")  # fmt: skip
     return 0 if counters["requests"] and counters["errors"] < counters["requests"] else 1

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -26,11 +27,13 @@ from recsys_core.schema import MAX_ID
 from recsys_core.serving.docs import mount_offline_docs
 from recsys_core.serving.errors import ERROR_RESPONSES, JSON_ERROR_REFS, KEYED_RESPONSES, install_error_handlers
 from recsys_core.serving.middleware import AccessLog, RequestBounds
+from recsys_core.serving.arms import ExperimentArms, Routed
 from recsys_core.serving.auth import ApiKeys
 from recsys_core.serving.events_api import LiveEvents, events_router
+from recsys_core.serving.experiments_api import experiments_router
 from recsys_core.serving.privacy_api import ForgottenUsers, privacy_router
 from recsys_core.serving.ratelimit import RateLimitCollector
-from recsys_core.serving.reload import ModelHolder, Reloader
+from recsys_core.serving.reload import ModelHolder, Reloader, ServedModel
 from recsys_core.serving.scorer import OnnxScorer, Recommendations
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,9 @@ class RecommendationResponse(BaseModel):
     model_version: str
     source: str
     items: list[RecommendedItem]
+    request_id: str = Field(description="the X-Request-ID of this response; send it with clicks (POST /events)")
+    experiment: str | None = Field(default=None, description="the online experiment that served the user, if any")
+    arm: str | None = Field(default=None, description="the user's arm in that experiment (stable per user)")
 
 
 class SimilarResponse(BaseModel):
@@ -114,7 +120,14 @@ class ReadyResponse(BaseModel):
     checks: dict[str, bool]
 
 
-def _response(scorer: OnnxScorer, version: str, recs: Recommendations) -> RecommendationResponse:
+def request_id_of(request: Request) -> str:
+    """The access log's id (a sane incoming X-Request-ID, else a new one), so logs, clicks and exposures agree."""
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+
+def _response(
+    scorer: OnnxScorer, version: str, recs: Recommendations, request_id: str, routed: Routed | None
+) -> RecommendationResponse:
     items = []
     for item_id, score, because in zip(recs.item_ids, recs.scores, recs.reasons or [None] * len(recs.item_ids)):
         reason = None
@@ -122,7 +135,8 @@ def _response(scorer: OnnxScorer, version: str, recs: Recommendations) -> Recomm
             title = scorer.title(because)
             reason = Reason(item_id=because, title=title, text=f"because you liked {title or f'item {because}'}")
         items.append(RecommendedItem(item_id=item_id, score=score, title=scorer.title(item_id), reason=reason))
-    return RecommendationResponse(user_id=recs.user_id, model_version=version, source=recs.source, items=items)
+    return RecommendationResponse(user_id=recs.user_id, model_version=version, source=recs.source, items=items,
+                                  request_id=request_id, experiment=routed and routed.experiment, arm=routed and routed.arm)
 
 
 class ModelCollector:
@@ -174,18 +188,23 @@ class PrometheusMiddleware:
 def create_app(
     holder: ModelHolder, reloader: Reloader | None = None, limits: Limits = Limits(), live: LiveEvents | None = None,
     keys: ApiKeys = ApiKeys(), readiness: Mapping[str, ReadinessCheck] | None = None, tombstones: Tombstones | None = None,
+    experiments: ExperimentArms | None = None,
 ) -> FastAPI:
     """The service around `holder`; the reloader (if any) starts and stops with the app. With `live`, `POST /events`
     stores events and `GET /recommendations/{user_id}` personalises from them. `readiness` adds checks that
-    /health/ready requires besides a loaded model; with `live`, the event store answering is one of them.
-    Users in `tombstones` (default: `recsys_core.privacy.default_privacy_path()`) are served as strangers."""
+    /health/ready requires besides a loaded model; with `live`, the event store answering is one of them. With
+    `experiments`, users are routed to running experiments' arms, exposures logged, and /experiments administers them.
+    Users in `tombstones` (default: `recsys_core.privacy.default_privacy_path()`) are served as strangers, outside
+    every experiment."""
 
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
-        if reloader is not None:
-            reloader.start()
+        for component in (reloader, experiments):
+            if component is not None:
+                component.start()
         yield
-        if reloader is not None:
-            reloader.stop()
+        for component in (reloader, experiments):
+            if component is not None:
+                component.stop()  # experiments: flushes every queued exposure into the store
 
     app = FastAPI(title="recsys", description=__doc__, version="1", lifespan=lifespan, responses=ERROR_RESPONSES,
                   docs_url=None, redoc_url=None)  # fmt: skip
@@ -210,6 +229,9 @@ def create_app(
         app.include_router(events_router(holder, live, keys, registry))
     forgotten = ForgottenUsers(tombstones or Tombstones(), holder)
     app.include_router(privacy_router(forgotten, keys, live.store if live is not None else None))
+    if experiments is not None:
+        registry.register(experiments.exposures)
+        app.include_router(experiments_router(experiments, keys))
 
     def live_history(scorer: OnnxScorer, user_id: int) -> tuple[list[int], list[float]]:
         """Live events as history; a failing store degrades to the training history alone, never a 500."""
@@ -229,15 +251,26 @@ def create_app(
         if k > limits.max_k:
             raise HTTPException(422, f"k={k} is above the limit {limits.max_k}")
 
+    def respond(request: Request, model: ServedModel, recs: Recommendations, routed: Routed | None, started: float) -> RecommendationResponse:
+        """The stamped response; in an experiment, its exposures queued for the event store (never waited for)."""
+        served.labels(source=recs.source).inc()
+        response = _response(model.scorer, model.version, recs, request_id_of(request), routed)
+        if routed is not None and recs.user_id is not None:
+            experiments.log(routed, response.request_id, recs.user_id, recs, 1000 * (time.perf_counter() - started), time.time())
+        return response
+
     @app.get("/recommendations/{user_id}", response_model=RecommendationResponse, responses=KEYED_RESPONSES)
     def recommend_user(
+        request: Request,
         user_id: int = Path(ge=0, le=MAX_ID),
         k: int = Query(10, ge=1, le=limits.max_k),
         exclude_seen: bool = True,
         key=Depends(keys.require("read")),  # noqa: ANN001, B008
     ) -> RecommendationResponse:
-        model = holder.current
+        started = time.perf_counter()
         stranger = forgotten.contains(user_id)  # the bundle may still hold a forgotten user until the next retrain
+        routed = experiments.route(user_id) if experiments is not None and not stranger else None
+        model = routed.model if routed else holder.current
         try:
             items, ratings = ([], []) if stranger else live_history(model.scorer, user_id)
             if items:  # training history + live events, both excluded from the results
@@ -249,15 +282,19 @@ def create_app(
         except Exception:  # degrade, never 500: the popularity list needs no model graph
             log.exception("model path failed for user %s; serving popularity", user_id)
             recs = model.scorer.popular(k, user_id=user_id)
-        served.labels(source=recs.source).inc()
-        return _response(model.scorer, model.version, recs)
+        return respond(request, model, recs, routed, started)
 
     @app.post("/recommendations", response_model=RecommendationResponse, responses=KEYED_RESPONSES)
-    def recommend_history(request: HistoryRequest, key=Depends(keys.require("read"))) -> RecommendationResponse:  # noqa: ANN001, B008
+    def recommend_history(
+        http: Request, request: HistoryRequest, key=Depends(keys.require("read"))  # noqa: ANN001, B008
+    ) -> RecommendationResponse:
+        started = time.perf_counter()
         check_k(request.k)
         if len(request.history) > limits.max_history:
             raise HTTPException(422, f"history has {len(request.history)} events; the limit is {limits.max_history}")
-        model = holder.current
+        stranger = forgotten.contains(request.user_id)
+        routed = experiments.route(request.user_id) if experiments is not None and not stranger else None
+        model = routed.model if routed else holder.current
         item_ids = [event.item_id for event in request.history]
         unknown = [i for i, known in zip(item_ids, model.scorer.items.contains(item_ids)) if not known] if item_ids else []
         if unknown:
@@ -265,13 +302,12 @@ def create_app(
         try:
             recs = model.scorer.recommend_from_history(
                 item_ids, [event.rating for event in request.history], k=request.k,
-                user_id=None if forgotten.contains(request.user_id) else request.user_id, exclude_seen=request.exclude_seen,
+                user_id=None if stranger else request.user_id, exclude_seen=request.exclude_seen,
             )
         except Exception:  # degrade, never 500
             log.exception("model path failed for an ad-hoc history; serving popularity")
             recs = model.scorer.popular(request.k, user_id=request.user_id)
-        served.labels(source=recs.source).inc()
-        return _response(model.scorer, model.version, recs)
+        return respond(http, model, recs, routed, started)
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=KEYED_RESPONSES)
     def similar(

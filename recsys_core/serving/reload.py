@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -105,6 +106,20 @@ class RegistrySource:
         return OnnxScorer.from_dir(directory, providers=providers, intra_op_threads=threads, version=token)
 
 
+class VersionSource(RegistrySource):
+    """One registered version (an experiment arm `version:N`): its token never changes."""
+
+    def __init__(self, settings: MlflowSettings, version: str, cache_dir: str | Path) -> None:
+        super().__init__(settings, "", cache_dir)
+        self.version = str(version)
+
+    def describe(self) -> str:
+        return f"models:/{self.settings.registered_model_name}/{self.version}"
+
+    def current_token(self) -> str:
+        return self.version
+
+
 def load_scorer_from_registry(
     settings: MlflowSettings, alias: str = "champion", cache_dir: str | Path | None = None, providers: str | list[str] = "auto"
 ) -> tuple[OnnxScorer, str]:
@@ -148,8 +163,7 @@ class Reloader:
         self.holder, self.source, self.interval_s = holder, source, interval_s
         self.providers, self.threads = providers, threads
         self._refused_tokens: set[str] = set()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(self.check_once, interval_s, "recsys-model-reloader")
 
     def check_once(self) -> str:
         """-> "unchanged", "swapped" or "refused"."""
@@ -177,13 +191,28 @@ class Reloader:
         log.warning("hot reload: now serving %s (was %s) from %s", model.version, previous, self.source.describe())
         return "swapped"
 
+    def start(self) -> None:
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._poller.stop()
+
+
+class Poller:
+    """Calls `work` every `interval_s` seconds on a daemon thread (0 = never) until stopped."""
+
+    def __init__(self, work: Callable[[], object], interval_s: float, name: str) -> None:
+        self.work, self.interval_s, self.name = work, interval_s, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.check_once()
+            self.work()
 
     def start(self) -> None:
         if self.interval_s > 0 and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="recsys-model-reloader", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
 
     def stop(self) -> None:

@@ -15,10 +15,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from recsys_core.events import EventMapping, EventRules, open_store
+from recsys_core.experiments.definitions import ExperimentStore
 from recsys_core.paths import recsys_home
 from recsys_core.serving.app import Limits, create_app
+from recsys_core.serving.arms import ExperimentArms, registry_sources
 from recsys_core.serving.auth import ApiKeys
 from recsys_core.serving.events_api import LiveEvents
+from recsys_core.serving.exposure_log import ExposureLog
 from recsys_core.serving.middleware import access_log
 from recsys_core.serving.reload import DirectorySource, ModelHolder, ModelSource, RegistrySource, Reloader, load_validated
 from recsys_core.tracking import MlflowSettings
@@ -47,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "$RECSYS_EVENT_STORE, else SQLite at $RECSYS_HOME/events.sqlite; 'off' disables POST /events")
     parser.add_argument("--api-keys", default="", help="JSON file of API key hashes and scopes; default $RECSYS_API_KEYS_FILE")
     parser.add_argument("--max-batch", type=int, default=EventRules.max_batch, help="events per POST /events")
+    parser.add_argument("--experiments-db", default="", help="online experiment definitions (SQLite, shared with "
+                        "`recsys experiments`); default $RECSYS_HOME/experiments.sqlite; 'off' serves the champion only")
+    parser.add_argument("--exposure-queue", type=int, default=10_000, help="responses queued for the exposure log; "
+                        "beyond, exposures are dropped and counted, never waited for")
     parser.add_argument("--log-level", default="warning")
 
 
@@ -69,8 +76,11 @@ def configure_access_log(enabled: bool) -> None:
 def source_from_args(args: argparse.Namespace) -> ModelSource:
     if args.model_dir:
         return DirectorySource(args.model_dir)
-    settings = MlflowSettings(tracking_uri=args.tracking_uri, registered_model_name=args.registered_model_name)
-    return RegistrySource(settings, args.registry_alias, recsys_home() / "cache" / "served_models")
+    return RegistrySource(settings_from_args(args), args.registry_alias, recsys_home() / "cache" / "served_models")
+
+
+def settings_from_args(args: argparse.Namespace) -> MlflowSettings:
+    return MlflowSettings(tracking_uri=args.tracking_uri, registered_model_name=args.registered_model_name)
 
 
 def open_live_events(url: str, max_batch: int, history_len: int) -> LiveEvents | None:
@@ -84,13 +94,21 @@ def open_live_events(url: str, max_batch: int, history_len: int) -> LiveEvents |
 
 def build_service(
     source: ModelSource, reload_interval: float = 10.0, providers: str = "auto", limits: Limits = Limits(), threads: int = 1,
-    event_store: str = "", api_keys: str = "", max_batch: int = EventRules.max_batch,
+    event_store: str = "", api_keys: str = "", max_batch: int = EventRules.max_batch, experiments_db: str = "",
+    settings: MlflowSettings | None = None, exposure_queue: int = 10_000,
 ) -> FastAPI:  # fmt: skip
-    """Loads and validates the first model (fails loudly when it cannot serve), then wires the reloader and events."""
+    """Loads and validates the first model (fails loudly when it cannot serve), then wires the reloader, events and
+    experiments (which need the event store for their exposures; arms resolve in `settings`' registry)."""
     holder = ModelHolder(load_validated(source, source.current_token(), providers, threads))
     reloader = Reloader(holder, source, reload_interval, providers, threads)
     live = open_live_events(event_store, max_batch, holder.current.scorer.history_len)
-    return create_app(holder, reloader, limits, live, ApiKeys.from_env(api_keys))
+    experiments = None
+    if live is not None and experiments_db != "off":
+        sources = registry_sources(settings or MlflowSettings(), recsys_home() / "cache" / "served_models")
+        experiments = ExperimentArms(holder, ExperimentStore(experiments_db or None), sources,
+                                     ExposureLog(live.store, max_queue=exposure_queue), interval_s=reload_interval,
+                                     providers=providers, threads=threads)  # fmt: skip
+    return create_app(holder, reloader, limits, live, ApiKeys.from_env(api_keys), experiments=experiments)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         app = build_service(
             source, args.reload_interval, args.providers, limits_from_args(args), args.threads,
-            args.event_store, args.api_keys, args.max_batch,
+            args.event_store, args.api_keys, args.max_batch, args.experiments_db, settings_from_args(args), args.exposure_queue,
         )
     except Exception as error:  # nothing to serve: say what and where, no traceback
         print(f"recsys serve: cannot serve {source.describe()}: {error}", file=sys.stderr)

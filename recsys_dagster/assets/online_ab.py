@@ -4,6 +4,7 @@
 import os
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import mlflow as mlflow_fluent
 import pandas as pd
@@ -31,7 +32,8 @@ from pydantic import Field
 from recsys_core.experiments import online, registry
 from recsys_core.experiments.definitions import ExperimentStore
 from recsys_core.experiments.online_report import arm_rows, build_online_report, render_online_html, render_online_markdown
-from recsys_core.experiments.records import ParquetRecords
+from recsys_core.events import open_store
+from recsys_core.experiments.records import EventStoreRecords, ExperimentRecords, ParquetRecords
 from recsys_core.paths import recsys_home
 from recsys_dagster.metadata import table
 from recsys_dagster.resources.tracking import MlflowResource
@@ -41,6 +43,11 @@ SRM_CHECK, GUARDRAIL_CHECK = "no_sample_ratio_mismatch", "guardrails_hold"
 
 
 class OnlineABConfig(Config):
+    records: Literal["event_store", "parquet"] = Field(
+        "event_store", description="event_store: what the service logged (exposures) and received (clicks); parquet: "
+        "files written by `recsys simulate --sink parquet`.")
+    event_store: str = Field("", description="sqlite:///PATH or redis://HOST:PORT/DB; empty = $RECSYS_EVENT_STORE, "
+                             "else SQLite at $RECSYS_HOME/events.sqlite (the service's default).")
     records_dir: str = Field("", description="Exposure/click Parquet per experiment; empty = $RECSYS_HOME/experiments/records.")
     looks: int = Field(20, description="Points in time of the cumulative-lift timeline.")
     catalogue_size: int = Field(0, description="Items in the catalogue, for the coverage guard-rail (0 = no coverage).")
@@ -60,7 +67,7 @@ def online_ab_report(context: AssetExecutionContext, config: OnlineABConfig, mlf
     started = time.perf_counter()
     store = ExperimentStore()  # $RECSYS_HOME/experiments.sqlite, the one the sensor and the CLI use
     definition = store.get(context.partition_key)
-    exposures, clicks = ParquetRecords(config.records_dir or None).read(definition)
+    exposures, clicks = _records(config).read(definition)
     report = build_online_report(definition, exposures, clicks, looks=config.looks, catalogue_size=config.catalogue_size or None)
     analysis, decision = report.analysis, report.analysis.decision
 
@@ -100,6 +107,12 @@ def online_ab_report(context: AssetExecutionContext, config: OnlineABConfig, mlf
                            metadata={"p_value": analysis.srm.p_value, "users": str(analysis.srm.observed)})  # fmt: skip
     failed = [g.metric for g in analysis.guardrails if not g.passed]
     yield AssetCheckResult(check_name=GUARDRAIL_CHECK, passed=not failed, metadata={"failed": ", ".join(failed) or "none"})
+
+
+def _records(config: OnlineABConfig) -> ExperimentRecords:
+    if config.records == "parquet":
+        return ParquetRecords(config.records_dir or None)
+    return EventStoreRecords(open_store(config.event_store))
 
 
 def _apply(context: AssetExecutionContext, store: ExperimentStore, settings, definition, decision: online.Decision) -> str:  # noqa: ANN001

@@ -1,0 +1,61 @@
+"""`recsys serve` as a child process on a free 127.0.0.1 port, with freshly generated API keys (scopes admin and
+write) in a keys file beside its log: what the demo loop and the experiments benchmark run their traffic against."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from recsys_core.events.redis_process import free_port
+from recsys_core.serving.auth import hash_key
+
+
+class ServiceProcess:
+    def __init__(self, args: list[str], log_path: str | Path, env: dict[str, str] | None = None) -> None:
+        """`args`: `recsys serve` options besides --port and --api-keys (e.g. --registry-alias champion)."""
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.admin_key, self.write_key = secrets.token_hex(16), secrets.token_hex(16)
+        keys = self.log_path.with_suffix(".keys.json")
+        keys.write_text(json.dumps({"keys": [{"name": "admin", "sha256": hash_key(self.admin_key), "scopes": ["admin"]},
+                                             {"name": "writer", "sha256": hash_key(self.write_key), "scopes": ["write"]}]}))  # fmt: skip
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "recsys_core.serving.serve", *args, "--port", str(self.port),
+                        "--api-keys", str(keys)]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> ServiceProcess:
+        """Starts the service and waits until /health/ready answers 200 (raises with the log's tail if it exits)."""
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the service exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    if client.get("/health/ready").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"the service was not ready within {timeout_s:.0f} s; see {self.log_path}")
+
+    def client(self, key: str = "", timeout_s: float = 30.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout_s, headers={"X-API-Key": key} if key else None)
+
+    def stop(self) -> None:
+        """SIGTERM: the service's shutdown flushes its exposure queue into the event store before it exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
