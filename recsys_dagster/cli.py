@@ -21,6 +21,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("simulate",): "recsys_core.experiments.simulate_command",
     ("bench", "events"): "recsys_core.bench.events",
     ("bench", "coldstart"): "recsys_core.bench.coldstart",
+    ("bench", "pipeline"): "recsys_core.bench.pipeline",
 }
 
 
