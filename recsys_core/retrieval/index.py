@@ -1,4 +1,4 @@
-"""The approximate item index: FAISS IVF (SQ8 or PQ codes) over the item matrix, re-ranked exactly with the matrix itself.
+"""The approximate item index: FAISS IVF with 4-bit PQ fast-scan codes over the item matrix, re-ranked exactly with the matrix itself.
 
 Why this shape:
 - The ranking score is an inner product, so the IVF is an inner-product one: k-means cells, items and queries
