@@ -4,8 +4,8 @@
   every item's column on all the others with a zero diagonal. Strongest simple baseline on MovieLens-sized data.
 - `RP3beta` (Paudel et al. 2017): three-step random walk user -> item -> user -> item, transition probabilities
   raised to alpha, the landing item's weight divided by its popularity^beta (beta > 0 lifts the long tail).
-Both keep a dense [n_items, n_items] matrix and EASE inverts it (float64): 10k items take 0.8 GB per copy and
-minutes on 2 cores, ml-25m's 62k items 31 GB, so both refuse catalogues above `MAX_DENSE_ITEMS`.
+Both keep a dense [n_items, n_items] matrix and EASE inverts it (float64): 10k items take 0.8 GB per copy and 10^12
+flops, ml-25m's 62k items 31 GB and 2.4 x 10^14 flops, so both refuse catalogues above `MAX_DENSE_ITEMS`.
 """
 
 from __future__ import annotations
