@@ -80,6 +80,7 @@ def test_user_sample_is_seeded_and_the_interval_covers_the_mean() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the whole graph: minutes on a quiet machine, about 15 on 2 cores shared at load 15
 def test_bench_pipeline_runs_the_whole_graph(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
