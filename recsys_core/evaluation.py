@@ -39,12 +39,41 @@ class FittedModel(Protocol):
     def predict_ratings(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray: ...
 
 
+def sample_users(users: np.ndarray, max_users: int, seed: int) -> np.ndarray:
+    """`users` (unique, sorted) when there are at most `max_users` (0: no limit), else a seeded uniform sample of
+    `max_users` of them, sorted: evaluation cost then stays flat as the data grows, and the metrics become estimates
+    whose uncertainty `mean_ci` states."""
+    users = np.unique(np.asarray(users, dtype=np.int64))
+    if max_users <= 0 or len(users) <= max_users:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+
+
+def mean_ci(per_user: pd.DataFrame, z: float = 1.96) -> dict[str, tuple[float, float]]:
+    """Per metric column, the normal 95% confidence interval of the mean over users."""
+    n = max(len(per_user), 1)
+    half = z * per_user.std(ddof=1).fillna(0.0) / np.sqrt(n)
+    mean = per_user.mean()
+    return {name: (float(mean[name] - half[name]), float(mean[name] + half[name])) for name in per_user.columns}
+
+
+def too_large_baselines(train: pd.DataFrame, items: pd.DataFrame | None) -> list[str]:
+    """The item-item baselines this catalogue is too large for (dense n_items^2 weights, see `MAX_DENSE_ITEMS`)."""
+    from recsys_core.baselines import EASE, RP3beta
+    from recsys_core.baselines.item_item import MAX_DENSE_ITEMS
+
+    ids = [train[ITEM_ID].to_numpy(np.int64)] + ([items[ITEM_ID].to_numpy(np.int64)] if items is not None else [])
+    return [EASE.name, RP3beta.name] if len(np.unique(np.concatenate(ids))) > MAX_DENSE_ITEMS else []
+
+
 def fit_baselines(train: pd.DataFrame, items: pd.DataFrame | None, seed: int = 42) -> dict[str, FittedModel]:
-    """Every `recsys_core.baselines` model with its defaults, fitted on the same training split."""
+    """Every `recsys_core.baselines` model with its defaults, fitted on the same training split, except those in
+    `too_large_baselines`."""
     from recsys_core.baselines import EASE, BiasedMF, ImplicitALS, LibALS, LibBPR, MostPopular, RP3beta
 
+    skipped = too_large_baselines(train, items)
     models = (MostPopular, BiasedMF, ImplicitALS, EASE, RP3beta, LibALS, LibBPR)
-    return {model.name: model(seed=seed).fit(train, items) for model in models}
+    return {model.name: model(seed=seed).fit(train, items) for model in models if model.name not in skipped}
 
 
 def model_recommender(model: FittedModel) -> Recommender:

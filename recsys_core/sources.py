@@ -29,6 +29,7 @@ class DataSourceSpec:
 
     kind: str = "synthetic"
     synthetic_ratings: int = 100_000
+    synthetic_shape: str = "ml-100k"  # the MovieLens release whose users/items proportions the synthetic data keeps
     seed: int = 42
     movielens_format: str = "ml-100k"
     data_dir: str = ""  # a local MovieLens folder; empty = download into the cache (movielens kind)
@@ -44,14 +45,14 @@ class DataSourceSpec:
             raise ValueError("data source kind 'files' needs ratings_path and items_path")
 
     def synthetic_config(self) -> SyntheticConfig:
-        return SyntheticConfig.scaled(self.synthetic_ratings, seed=self.seed)
+        return SyntheticConfig.scaled(self.synthetic_ratings, seed=self.seed, shape=self.synthetic_shape)
 
     def movielens_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else fetch_movielens(self.movielens_format)
 
     def describe(self) -> str:
         if self.kind == "synthetic":
-            return f"synthetic ({self.synthetic_ratings:,} ratings, seed {self.seed})"
+            return f"synthetic ({self.synthetic_ratings:,} ratings, {self.synthetic_shape} shape, seed {self.seed})"
         if self.kind == "movielens":
             return f"MovieLens {self.movielens_format} from {self.data_dir or 'the GroupLens download cache'}"
         return f"files {self.ratings_path}, {self.items_path}"

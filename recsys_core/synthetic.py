@@ -45,11 +45,14 @@ GENRES: tuple[str, ...] = tuple(GENRE_VOCABULARY)
 SECONDS_PER_DAY = 86_400
 START_TIME = 946_684_800  # 2000-01-01 UTC
 SPAN_DAYS = 6 * 365
+# (ratings, users, items) of the MovieLens releases the synthetic source imitates at any number of ratings.
+SHAPES: dict[str, tuple[int, int, int]] = {"ml-100k": (100_000, 943, 1_682), "ml-25m": (25_000_095, 162_541, 62_423)}
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """Sizes and seed. Defaults are MovieLens-100k-like; `scaled(n)` keeps ML's users/items proportions."""
+    """Sizes and seed. Defaults are MovieLens-100k-like; `scaled(n, shape=...)` keeps a release's users/items
+    proportions (users grow nearly with the ratings, items with about their square root, as across MovieLens)."""
 
     n_users: int = 943
     n_items: int = 1682
@@ -59,11 +62,14 @@ class SyntheticConfig:
     popularity_exponent: float = 1.0  # Zipf exponent of the item popularity curve
 
     @classmethod
-    def scaled(cls, n_ratings: int, seed: int = 42) -> "SyntheticConfig":
-        factor = n_ratings / 100_000
+    def scaled(cls, n_ratings: int, seed: int = 42, shape: str = "ml-100k") -> "SyntheticConfig":
+        if shape not in SHAPES:
+            raise ValueError(f"synthetic shape {shape!r}: expected one of {sorted(SHAPES)}")
+        base_ratings, base_users, base_items = SHAPES[shape]
+        factor = n_ratings / base_ratings
         return cls(
-            n_users=max(20, round(943 * factor**0.9)),
-            n_items=max(50, round(1682 * factor**0.45)),
+            n_users=max(20, round(base_users * factor**0.9)),
+            n_items=max(50, round(base_items * factor**0.45)),
             n_ratings=n_ratings,
             seed=seed,
         )

@@ -161,26 +161,34 @@ def _factors_from_text(text: np.ndarray, factors: np.ndarray, rated: np.ndarray,
     return np.where(rated[:, None], factors, design @ weights)
 
 
-@dataclass
 class _PaddedRatings:
-    """Each user's training items, ratings and time order as padded [n_users, max_len] tensors."""
+    """Each user's training items and ratings in time order, stored flat (CSR: `indptr` by user) and padded to
+    [len(users), width] one batch at a time: a dense [n_users, longest history] matrix would not fit at ml-25m scale
+    (162k users, the most active with thousands of ratings). `width` is the longest user's count, as the dense
+    matrix had, so a batch draws the same random numbers whichever way it is stored."""
 
-    items: torch.Tensor
-    ratings: torch.Tensor
-    mask: torch.Tensor
+    def __init__(self, indptr: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> None:
+        self.indptr, self.items, self.ratings = indptr, items, ratings
+        self.width = max(int(np.diff(indptr).max()) if len(indptr) > 1 else 1, 1)
 
     @classmethod
     def build(cls, u: np.ndarray, i: np.ndarray, r: np.ndarray, t: np.ndarray, n_users: int) -> "_PaddedRatings":
         order = np.lexsort((i, t, u))
-        u, i, r = u[order], i[order], r[order]
-        counts = np.bincount(u, minlength=n_users)
-        width = max(int(counts.max()) if len(counts) else 1, 1)
-        col = np.arange(len(u)) - np.repeat(np.r_[0, np.cumsum(counts)[:-1]], counts)
-        items = np.zeros((n_users, width), np.int64)
-        ratings = np.zeros((n_users, width), np.float32)
-        mask = np.zeros((n_users, width), bool)
-        items[u, col], ratings[u, col], mask[u, col] = i, r, True
-        return cls(torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask))
+        indptr = np.r_[0, np.cumsum(np.bincount(u, minlength=n_users))].astype(np.int64)
+        return cls(indptr, i[order].astype(np.int64), r[order].astype(np.float32))
+
+    def rows(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(items, ratings, mask) [len(users), width] of these user rows, left-aligned, zero-padded."""
+        u = users.cpu().numpy()
+        starts, counts = self.indptr[u], self.indptr[u + 1] - self.indptr[u]
+        owner = np.repeat(np.arange(len(u)), counts)
+        col = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        flat = np.repeat(starts, counts) + col
+        items = np.zeros((len(u), self.width), np.int64)
+        ratings = np.zeros((len(u), self.width), np.float32)
+        mask = np.zeros((len(u), self.width), bool)
+        items[owner, col], ratings[owner, col], mask[owner, col] = self.items[flat], self.ratings[flat], True
+        return torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask)
 
 
 class HybridTrainer:
@@ -278,7 +286,7 @@ class HybridTrainer:
     def _batch(self, users: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Random history / target split of each user's training items (the history never holds a target)."""
         L = self.config.history_len
-        items, ratings, mask = self.padded.items[users], self.padded.ratings[users], self.padded.mask[users]
+        items, ratings, mask = self.padded.rows(users)
         draw = torch.rand(mask.shape, generator=self.generator)
         chosen = mask & (draw < self.config.history_keep)
         position = torch.arange(mask.shape[1]).expand_as(mask)
@@ -313,7 +321,7 @@ class HybridTrainer:
             )
             log_q = torch.log(self.sampling_probs.to(self.device) * self.config.n_negatives)
             neg_logits = neg_scores - log_q[negatives]
-            own = (negatives.view(1, 1, -1) == items.unsqueeze(-1)) & self.padded.mask[users.cpu()].to(self.device).unsqueeze(-1)
+            own = (negatives.view(1, 1, -1) == items.unsqueeze(-1)) & self.padded.rows(users)[2].to(self.device).unsqueeze(-1)
             neg_logits = neg_logits.masked_fill(own.any(1), float("-inf"))
             pos_logits = pos_scores - log_q[items]
             lse = torch.logaddexp(pos_logits, torch.logsumexp(neg_logits, dim=1, keepdim=True))

@@ -22,6 +22,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "events"): "recsys_core.bench.events",
     ("bench", "coldstart"): "recsys_core.bench.coldstart",
     ("forget-user",): "recsys_core.privacy.command",
+    ("bench", "pipeline"): "recsys_core.bench.pipeline",
 }
 
 

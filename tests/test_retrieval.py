@@ -42,7 +42,7 @@ def test_exact_top_k_in_chunks_with_exclusions() -> None:
 def test_index_recall_exclusions_and_one_matrix(tmp_path: Path) -> None:
     matrix, users = clustered(20_000, 32)
     index = ItemIndex.build(matrix, IndexConfig(nprobe=1, target_recall=0.95))
-    assert index.params["kind"] == "ivf-sq8" and index.matrix is matrix
+    assert index.params["kind"] == "ivf-pq4fs" and index.matrix is matrix
     assert index.nbytes < matrix.nbytes / 2  # codes and ids beside the one float32 matrix
     exclude = [np.asarray(exact_top_k(matrix, users[i : i + 1], 3)[1][0]) for i in range(len(users))]
     recall = index.tune(users, exclude)
@@ -58,10 +58,11 @@ def test_index_recall_exclusions_and_one_matrix(tmp_path: Path) -> None:
         ItemIndex.load(tmp_path / INDEX_FILE, matrix[:100], index.params)
 
 
-def test_pq_codes_when_memory_asks() -> None:
+def test_codes_are_half_a_byte_per_subvector() -> None:
     matrix, users = clustered(4_000, 17)
-    index = ItemIndex.build(matrix, IndexConfig(max_code_bytes=1000))
-    assert index.params["kind"] == "ivf-pq" and index.params["code_bytes_per_item"] == 5  # 17 -> 20 dims / 4
+    index = ItemIndex.build(matrix, IndexConfig(subvector_dims=2))
+    assert index.params["kind"] == "ivf-pq4fs" and index.params["code_bytes_per_item"] == 5  # 17 -> 18 dims / 2 / 2
+    assert index.params["nlist"] == 256  # about 4 sqrt(4000)
     assert index.tune(users, None) >= 0.9
 
 
@@ -71,7 +72,7 @@ def test_export_builds_the_index_and_serving_uses_it(tmp_path: Path) -> None:
     model_dir = build_random_bundle(tmp_path / "model", ratings, np.arange(1, 401), dim=16, history_len=8)
     manifest = export_onnx(model_dir, tmp_path / "fp32", index_config=IndexConfig(exact_max_items=100), recall_users=60)
     retrieval = manifest["retrieval"]
-    assert retrieval["kind"] == "ivf-sq8" and retrieval["recall_users"] == 60 and retrieval["recall_at_10"] >= 0.95
+    assert retrieval["kind"] == "ivf-pq4fs" and retrieval["recall_users"] == 60 and retrieval["recall_at_10"] >= 0.95
     assert json.loads((tmp_path / "fp32" / "manifest.json").read_text())["retrieval"] == retrieval
     graph = onnx.load(str(tmp_path / "fp32" / "user_encoder.onnx")).graph
     assert all(400 not in init.dims for init in graph.initializer)  # the user graph holds no catalogue
@@ -88,4 +89,4 @@ def test_export_builds_the_index_and_serving_uses_it(tmp_path: Path) -> None:
 
 def test_recall_check_blocks_below_target() -> None:
     assert recall_check({"kind": "exact", "recall_at_10": 1.0}, 0.95).passed
-    assert not recall_check({"kind": "ivf-sq8", "recall_at_10": 0.9}, 0.95).passed
+    assert not recall_check({"kind": "ivf-pq4fs", "recall_at_10": 0.9}, 0.95).passed

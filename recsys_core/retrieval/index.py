@@ -1,15 +1,17 @@
-"""The approximate item index: FAISS IVF (SQ8 or PQ codes) over the item matrix, re-ranked exactly with the matrix itself.
+"""The approximate item index: FAISS IVF with 4-bit PQ fast-scan codes over the item matrix, re-ranked exactly with the matrix itself.
 
 Why this shape:
 - The ranking score is an inner product, so the IVF is an inner-product one: k-means cells, items and queries
   assigned to the cells of largest inner product. (The MIPS-to-L2 reduction, one extra column
   sqrt(max_norm^2 - |x|^2), measured worse: with norms that vary like popularity that column dominates both the
   cells and the code's quantisation error.)
-- The cells hold codes, never the float32 vectors: 8-bit scalar quantisation of the vectors themselves (a quarter of
-  the matrix; residual coding measured far less accurate here) or, when those codes would pass `max_code_bytes`,
-  PQ (one byte per `subvector_dims` dimensions, zero-padded: zeros change no inner product).
-  The index returns `refine * k` candidates and their exact scores come from the caller's matrix rows: the process
-  holds the item matrix once.
+- Many cells (about 4 sqrt(n_items)) with an HNSW graph over the centroids: on catalogues whose norms vary like
+  popularity the true top-10 spreads over many cells, and a finer partition lowers the share that must be probed
+  (1M synthetic items: 1024 cells needed a quarter of them probed for recall@10 0.95, 4096 cells about 6%).
+- The cells hold 4-bit PQ codes (one code per `subvector_dims` dimensions, half a byte, zero-padded: zeros change no
+  inner product) scanned by FAISS's fast-scan kernels (SIMD lookup tables in registers): about 10x faster per item
+  than 8-bit scalar codes and a quarter of their size. Codes rank coarsely, so the index returns `refine * k`
+  candidates and their exact scores come from the caller's matrix rows: the process holds the item matrix once.
 - Below `exact_max_items` an exact scan is cheap enough and the index is not built.
 """
 
@@ -23,21 +25,20 @@ from typing import Any, Sequence
 
 import faiss
 import numpy as np
+from faiss.contrib.clustering import two_level_clustering
 
 INDEX_FILE = "item_index.faiss"
 ADD_CHUNK = 1 << 18
-SIMD_DIMS = 16  # FAISS scans SQ8 codes with SIMD only for widths that are a multiple of this (else ~100x slower)
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     exact_max_items: int = 200_000  # up to this many items serving scans them exactly
-    nlist: int = 0  # IVF cells; 0 = the power of two nearest sqrt(n_items), within [64, 8192]
+    nlist: int = 0  # IVF cells; 0 = the power of two nearest 4 sqrt(n_items), within [64, 65536]
     nprobe: int = 16  # first cells probed; export doubles it until the recall target is met
-    max_nprobe: int = 512
-    refine: int = 10  # candidates re-ranked exactly = refine * k
-    max_code_bytes: int = 4 << 30  # SQ8 codes up to this size, else PQ
-    subvector_dims: int = 4  # PQ: one byte per this many dimensions
+    max_nprobe: int = 4096
+    refine: int = 50  # candidates re-ranked exactly = refine * k
+    subvector_dims: int = 1  # one 4-bit PQ code per this many dimensions
     train_per_list: int = 40  # k-means training points per cell (a seeded sample)
     hnsw_quantizer_from: int = 1024  # from this many cells the coarse quantiser is an HNSW graph (fast adds)
     target_recall: float = 0.95
@@ -47,7 +48,7 @@ class IndexConfig:
 def _nlist(n_items: int, config: IndexConfig) -> int:
     if config.nlist:
         return config.nlist
-    return int(min(8192, max(64, 2 ** round(math.log2(math.sqrt(n_items))))))
+    return int(min(65536, max(64, 2 ** round(math.log2(4 * math.sqrt(n_items))))))
 
 
 def _padded(rows: np.ndarray, width: int) -> np.ndarray:
@@ -106,26 +107,28 @@ class ItemIndex:
         started = time.perf_counter()
         n_items, dim = matrix.shape
         nlist = min(_nlist(n_items, config), n_items)
-        sq8 = n_items * dim <= config.max_code_bytes
-        width = math.ceil(dim / (SIMD_DIMS if sq8 else config.subvector_dims)) * (SIMD_DIMS if sq8 else config.subvector_dims)
+        width = math.ceil(dim / config.subvector_dims) * config.subvector_dims
         rng = np.random.default_rng(config.seed)
         sample_rows = np.sort(rng.choice(n_items, size=min(n_items, max(config.train_per_list * nlist, 256 * 39)), replace=False))
         sample = _padded(matrix[sample_rows], width)
-        kmeans = faiss.Kmeans(width, nlist, niter=10, seed=config.seed, max_points_per_centroid=config.train_per_list)
-        kmeans.train(sample)
         ip = faiss.METRIC_INNER_PRODUCT
-        quantizer = faiss.IndexHNSWFlat(width, 32, ip) if nlist >= config.hnsw_quantizer_from else faiss.IndexFlatIP(width)
-        quantizer.add(kmeans.centroids)
-        if sq8:
-            codec, ivf = "sq8", faiss.IndexIVFScalarQuantizer(quantizer, width, nlist, faiss.ScalarQuantizer.QT_8bit, ip, False)
+        if nlist >= config.hnsw_quantizer_from:
+            # two levels (sqrt(nlist) coarse cells, then each split): flat k-means would cost sample x nlist per
+            # iteration, about an hour on 2 cores at 10M items
+            centroids, _ = two_level_clustering(sample, int(math.sqrt(nlist)), nlist, clustering_niter=10, seed=config.seed)
+            quantizer = faiss.IndexHNSWFlat(width, 32, ip)
         else:
-            codec, ivf = "pq", faiss.IndexIVFPQ(quantizer, width, nlist, width // config.subvector_dims, 8, ip)
+            kmeans = faiss.Kmeans(width, nlist, niter=10, seed=config.seed, max_points_per_centroid=config.train_per_list)
+            kmeans.train(sample)
+            centroids, quantizer = kmeans.centroids, faiss.IndexFlatIP(width)
+        quantizer.add(centroids)
+        ivf = faiss.IndexIVFPQFastScan(quantizer, width, nlist, width // config.subvector_dims, 4, ip)
         ivf.cp.seed = config.seed
         ivf.train(sample)  # the quantiser already holds nlist centroids: this trains the codec only
         for start in range(0, n_items, ADD_CHUNK):
             ivf.add(_padded(matrix[start : start + ADD_CHUNK], width))
         params = {
-            "kind": f"ivf-{codec}", "nlist": nlist, "nprobe": config.nprobe, "refine": config.refine, "width": width,
+            "kind": "ivf-pq4fs", "nlist": nlist, "nprobe": config.nprobe, "refine": config.refine, "width": width,
             "code_bytes_per_item": int(ivf.code_size), "quantizer": type(quantizer).__name__,
             "build_seconds": round(time.perf_counter() - started, 3), "config": asdict(config),
         }  # fmt: skip

@@ -20,7 +20,7 @@ from dagster import (
 from pydantic import Field
 
 from recsys_core.experiments import offline, registry, reports
-from recsys_core.evaluation import OnnxRecommender
+from recsys_core.evaluation import OnnxRecommender, sample_users
 from recsys_core.paths import recsys_home
 from recsys_core.schema import USER_ID
 from recsys_core.serving.scorer import OnnxScorer
@@ -41,7 +41,9 @@ class ABConfig(Config):
     max_regression: float = Field(0.02, description="Relative drop of the primary metric that counts as worse.")
     n_boot: int = Field(2000, description="Bootstrap resamples.")
     salt: str = Field("recsys-ab", description="Salt of the 50/50 user hash split in the replay simulation.")
-    seed: int = Field(42, description="Bootstrap seed.")
+    seed: int = Field(42, description="Bootstrap seed, and the seed of the user sample.")
+    max_users: int = Field(20_000, description="Held-out users compared: all up to this many, else a seeded uniform "
+                           "sample of this many (the paired bootstrap CIs then cover the sampling); 0: all.")
 
     def rule(self) -> offline.DecisionRule:
         return offline.DecisionRule(
@@ -75,7 +77,10 @@ def ab_report(
     settings = mlflow.settings()
     challenger = registry.RegisteredModel(onnx_model["registered_model_name"], str(onnx_model["version"]), onnx_model["onnx_dir"])
     champion = registry.current_champion(settings, challenger.name)
-    users = np.unique(test_ratings[USER_ID].to_numpy(np.int64))
+    all_users = test_ratings[USER_ID].nunique()
+    users = sample_users(test_ratings[USER_ID].to_numpy(), config.max_users, config.seed)
+    if len(users) < all_users:
+        test_ratings = test_ratings[test_ratings[USER_ID].isin(users)]
     challenger_recs = _recs(challenger.serving_dir, users, config.k)
     champion_recs = _recs(champion.serving_dir, users, config.k) if champion else None
     report = offline.build_ab_report(
@@ -125,6 +130,8 @@ def ab_report(
         "report_artifact": MetadataValue.text(artifact_uri),
         "mlflow_run": MetadataValue.url(run_url),
         "users": MetadataValue.int(report.n_users),
+        "user_sample": MetadataValue.text(f"all {all_users:,} held-out users" if len(users) == all_users else
+                                          f"{len(users):,} of {all_users:,} held-out users, uniform, seed {config.seed}"),
         "seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
     }
     value = {

@@ -30,7 +30,9 @@ class OfflineMetricsConfig(Config):
     baselines: bool = Field(True, description="Also evaluate recsys_core.baselines on the same split.")
     cold_user_max: int = Field(5, description="Users with at most this many training ratings form the 'cold' slice.")
     heavy_user_min: int = Field(51, description="Users with at least this many training ratings form the 'heavy' slice.")
-    seed: int = Field(42, description="Seed of the baselines' fitting.")
+    seed: int = Field(42, description="Seed of the baselines' fitting and of the user sample.")
+    max_users: int = Field(20_000, description="Test users evaluated: all up to this many, else a seeded uniform sample "
+                           "of this many (metrics are then estimates; the metadata gives 95% CIs); 0: all.")
 
 
 def text_vectors(manifest: dict[str, Any] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -80,9 +82,13 @@ def offline_metrics(
     else:
         recommender, source = ev.model_recommender(bundle), "pytorch"
     baselines = ev.fit_baselines(train_ratings, validated_items, seed=config.seed) if config.baselines else {}
+    skipped = ev.too_large_baselines(train_ratings, validated_items) if config.baselines else []
     item_ids, vectors = text_vectors(item_text_features)
+    all_users = test_ratings["user_id"].nunique()
+    users = ev.sample_users(test_ratings["user_id"].to_numpy(), config.max_users, config.seed)
+    test = test_ratings[test_ratings["user_id"].isin(users)] if len(users) < all_users else test_ratings
     result = ev.evaluate(
-        recommender, train_ratings, test_ratings, validated_items, k=config.k, rating_model=bundle, baselines=baselines,
+        recommender, train_ratings, test, validated_items, k=config.k, rating_model=bundle, baselines=baselines,
         text_item_ids=item_ids, text_vectors=vectors, source=f"model ({source})",
         slices=ev.SliceConfig(cold_user_max=config.cold_user_max, heavy_user_min=config.heavy_user_min),
     )  # fmt: skip
@@ -109,6 +115,13 @@ def offline_metrics(
     metadata = {
         "source": MetadataValue.text(source),
         "test_users": MetadataValue.int(result.n_test_users),
+        "test_users_total": MetadataValue.int(all_users),
+        "user_sample": MetadataValue.text(f"all {all_users:,} test users" if result.n_test_users == all_users else
+                                          f"{result.n_test_users:,} of {all_users:,} test users, uniform, seed {config.seed}"),
+        **{f"{name}_ci95": MetadataValue.text(f"{low:.4f} .. {high:.4f}")
+           for name, (low, high) in ev.mean_ci(result.per_user[ranking]).items()},
+        "baselines_skipped": MetadataValue.text(", ".join(skipped) + " (dense item-item weights: too many items)"
+                                                if skipped else "none"),
         **{name: MetadataValue.float(float(result.metrics[name])) for name in ranking},
         **{name: MetadataValue.float(float(value)) for name, value in result.extra.items()},
         "metrics": table(models_table, 20),
@@ -133,5 +146,6 @@ def offline_metrics(
         "per_user_path": str(per_user_path),
         "artifact_dir": str(out_dir),
         "n_test_users": result.n_test_users,
+        "n_test_users_total": int(all_users),
     }
     return Output(manifest, metadata=metadata)

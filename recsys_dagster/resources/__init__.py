@@ -15,7 +15,8 @@ from recsys_dagster.resources.tracking import MlflowResource
 def local_resources() -> dict[str, Any]:
     return {
         "io_manager": RecsysIOManager(),
-        "data_source": DataSourceResource(synthetic_ratings=int(os.environ.get("RECSYS_SYNTHETIC_RATINGS", "100000"))),
+        "data_source": DataSourceResource(synthetic_ratings=int(os.environ.get("RECSYS_SYNTHETIC_RATINGS", "100000")),
+                                          synthetic_shape=os.environ.get("RECSYS_SYNTHETIC_SHAPE", "ml-100k")),
         "mlflow": MlflowResource(),
         "compute": ComputeResource(),
         "text_encoder": TextEncoderResource(),

@@ -15,6 +15,7 @@ class DataSourceResource(ConfigurableResource):
 
     kind: str = "synthetic"
     synthetic_ratings: int = 100_000
+    synthetic_shape: str = "ml-100k"  # or "ml-25m": 162k users and 62k items at 25M ratings
     seed: int = 42
     movielens_format: str = "ml-100k"
     data_dir: str = ""
@@ -29,6 +30,7 @@ class DataSourceResource(ConfigurableResource):
         return DataSourceSpec(
             kind=self.kind,
             synthetic_ratings=self.synthetic_ratings,
+            synthetic_shape=self.synthetic_shape,
             seed=self.seed,
             movielens_format=self.movielens_format,
             data_dir=self.data_dir,
