@@ -326,7 +326,8 @@ class HybridTrainer:
             targets = mask
         key = torch.where(chosen, position, torch.full_like(position, -1))
         width = min(L, mask.shape[1])
-        top_key, top_pos = torch.topk(key, width, dim=1)
+        # the latest `width` history items, oldest first and right-aligned as `build_histories` lays them out for serving
+        top_key, top_pos = (t.flip(1) for t in torch.topk(key, width, dim=1))
         hist_mask = top_key >= 0
         in_history = torch.zeros_like(mask)
         in_history.scatter_(1, top_pos, hist_mask)

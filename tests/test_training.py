@@ -201,3 +201,23 @@ def test_tuned_config_searches_on_validation_with_trials_nested_under_the_traini
     trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(run.info.run_name for run in trials) == ["hybrid-trial-0", "hybrid-trial-1"]
     assert "tuned_lr" in parent.data.params and "final_val_ndcg_at_10" in parent.data.metrics
+
+
+def test_causal_batches_predict_the_next_items_from_the_earlier_ones(data) -> None:
+    from recsys_core.training import HybridTrainer
+
+    ratings, items = data
+    trainer = HybridTrainer(ratings, items, None, TrainConfig(epochs=1, next_items=2, **TINY))
+    users = torch.arange(20)
+    _, hist_items, _, hist_mask, targets, _, target_mask = trainer._batch(users)
+    padded = trainer.padded
+    for row, user in enumerate(users):
+        order = padded.items[user][padded.mask[user]].tolist()  # the user's items in time order
+        history = hist_items[row][hist_mask[row]].tolist()
+        wanted = targets[row][target_mask[row]].tolist()
+        cut = order.index(wanted[0])
+        assert 1 <= len(wanted) <= 2 and wanted == order[cut : cut + len(wanted)]  # the next items, in order
+        assert history == order[:cut][-TINY["history_len"]:]  # the latest items before the cut, oldest first
+        assert hist_mask[row, -len(history):].all()  # right-aligned, as build_histories serves them
+    with pytest.raises(ValueError, match="next_items"):
+        TrainConfig(next_items=-1)
