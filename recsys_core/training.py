@@ -3,7 +3,9 @@
 One training example is one user. Each step, a random share of the user's training items (at most the most
 recent `history_len` of that share) is the input history; the user's other training items are the targets. So a
 target is never in its own history (no leakage) and the attention tower learns to predict unseen items from a
-history, which is what serving does with the most recent items. Losses on the targets:
+history, which is what serving does with the most recent items. With `next_items > 0` the split is causal instead
+(SASRec-style): the history is every item before a random cut in time order, the targets the next `next_items`
+items, so the attention (with its learned recency offsets) learns what comes next. Losses on the targets:
 - ranking: softmax over the catalogue with the input history masked out (`n_negatives=0`, exact and cheap for
   catalogues of a few thousand items), or a sampled softmax with popularity-proportional negatives and the logQ
   correction (`n_negatives>0`, for large catalogues);
@@ -63,10 +65,10 @@ PRIORS = ("als", "ease", "als+ease")
 @dataclass
 class TrainConfig:
     """The hybrid's knobs. The defaults were picked on validation splits only (the seed-7 random split of ml-100k,
-    never a test part); `prior="ease"` / `prior_reg` are new and not defaults: the Optuna search
-    (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench quality`) chooses between
-    the ALS and EASE priors, and re-picks lr, weight decay, dropout, history_keep and prior_weight, on the
-    validation split of the user's own data.
+    never a test part); `prior="ease"` / `"als+ease"`, `prior_reg`, `prior_ease_share` and `next_items > 0` are not
+    defaults: the Optuna search (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench
+    quality`) chooses the prior and the causal or random training split, and re-picks lr, weight decay, dropout,
+    history_keep and prior_weight, on the validation split of the user's own data.
     """
 
     dim: int = 64
