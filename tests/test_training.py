@@ -221,3 +221,22 @@ def test_causal_batches_predict_the_next_items_from_the_earlier_ones(data) -> No
         assert hist_mask[row, -len(history):].all()  # right-aligned, as build_histories serves them
     with pytest.raises(ValueError, match="next_items"):
         TrainConfig(next_items=-1)
+
+
+def test_the_priors_weight_is_fitted_on_validation(data) -> None:
+    from recsys_core.training import PRIOR_WEIGHT_STEPS, HybridTrainer
+
+    ratings, items = data
+    split = stratified_random_split(ratings, 0.2, 0.0, seed=0)
+    config = TrainConfig(epochs=2, prior_dim=4, prior_weight=3.0, rating_prior_dim=0, **TINY)
+    result = train_hybrid(split.train, split.validation, items, None, config)
+    chosen = result.bundle.config.prior_weight
+    assert chosen in {3.0 * step for step in PRIOR_WEIGHT_STEPS}
+    trainer = HybridTrainer(split.train, items, None, config)  # the same seed: the same towers, scored per weight
+    trainer.model.load_state_dict(result.bundle.model.state_dict())
+    trainer.model.eval()
+    scores = {}
+    for step in PRIOR_WEIGHT_STEPS:
+        trainer.model.config.prior_weight = 3.0 * step
+        scores[3.0 * step] = trainer.evaluate(split.validation)["val_ndcg@10"]
+    assert scores[chosen] == max(scores.values()) == result.final_metrics["val_ndcg@10"]

@@ -128,7 +128,8 @@ def tune_hybrid(
 ) -> SearchResult:  # fmt: skip
     """Searches `space` around `base`; each trial early-stops on validation nDCG@k and is pruned per epoch.
 
-    `best_attrs["best_epoch"]` is the best trial's best epoch: what a refit on train + validation should run for.
+    `best_attrs["best_epoch"]` is the best trial's best epoch: what a refit on train + validation should run for;
+    `best_params["prior_weight"]` is the weight that trial's training fitted on validation (`train_hybrid`).
     """
 
     def objective(params: dict[str, Any], trial: optuna.Trial) -> float:
@@ -144,7 +145,11 @@ def tune_hybrid(
         config = replace(base, **params, seed=budget.seed, show_progress=False)
         result = train_hybrid(train, validation, items, text, config, on_epoch=report)
         trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("prior_weight", result.bundle.config.prior_weight)
         return result.final_metrics[f"val_ndcg@{base.k}"]
 
     defaults = base.to_dict()
-    return _search("hybrid", space, objective, budget, log_mlflow, defaults, {**defaults, **SEQUENTIAL_TRIAL})
+    result = _search("hybrid", space, objective, budget, log_mlflow, defaults, {**defaults, **SEQUENTIAL_TRIAL})
+    if "prior_weight" in result.best_params:  # the weight training fitted on validation, not the sampled start
+        result.best_params["prior_weight"] = result.best_attrs["prior_weight"]
+    return result

@@ -189,9 +189,9 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for protocol in protocols:
         phase = time.perf_counter()
-        contenders.tune(protocol, PROTOCOLS[protocol](ratings, seeds[0]), seeds[0])
-        for seed in seeds:
-            split = PROTOCOLS[protocol](ratings, seed)
+        splits = {seed: PROTOCOLS[protocol](ratings, seed) for seed in seeds}
+        contenders.tune(protocol, splits[seeds[0]], seeds[0])
+        for seed, split in splits.items():
             for name in [*RANKING_BASELINES, "prior alone", "hybrid", "towers alone"]:
                 fit_started = time.perf_counter()
                 model = contenders.fit(name, split.refit, seed)
