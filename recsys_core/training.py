@@ -195,7 +195,8 @@ def prior_factors(
         else:
             model = ImplicitALS(dim=config.prior_dim, seed=config.seed).fit(train, items)
             users, item_factors = model.factors.users, model.factors.items
-        parts.append((users[model.user_index.encode(user_index.ids)], item_factors[model.item_index.encode(item_index.ids)]))
+        rows = model.user_index.encode(user_index.ids), model.item_index.encode(item_index.ids)
+        parts.append((users[rows[0]], item_factors[rows[1]]))
     if len(parts) == 1:
         users, item_factors = parts[0]
     else:

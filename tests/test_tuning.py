@@ -80,6 +80,7 @@ def test_blended_prior_is_a_convex_mix_of_als_and_rescaled_ease(split) -> None:
     als_norm = np.linalg.norm(als[0] @ als[1].T)
     ease_part = users[:, p:] @ item_factors[:, p:].T  # rescaled to ALS's norm, times the share
     assert np.linalg.norm(ease_part) == pytest.approx(0.25 * als_norm, rel=1e-6)
-    np.testing.assert_allclose(ease_part / np.linalg.norm(ease_part), (ease[0] @ ease[1].T) / np.linalg.norm(ease[0] @ ease[1].T), atol=1e-6)
+    ease_scores = ease[0] @ ease[1].T
+    np.testing.assert_allclose(ease_part / np.linalg.norm(ease_part), ease_scores / np.linalg.norm(ease_scores), atol=1e-6)
     with pytest.raises(ValueError, match="prior_ease_share"):
         TrainConfig(prior_ease_share=1.5)
