@@ -165,6 +165,9 @@ class HistoryAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(d // config.n_heads)
         self.query = nn.Parameter(torch.zeros(d))
         self.query_from_user = nn.Linear(d, d, bias=False)
+        # recency: a learned key offset per history position (most recent last), so attention can favour the latest
+        # items, which next-item prediction needs; zero at start, i.e. order-blind until training says otherwise
+        self.recency = nn.Parameter(torch.zeros(config.history_len, d))
         self.key = RatedProjection(d)
         self.value = RatedProjection(d)
         self.out = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(2 * d, d))
@@ -183,7 +186,7 @@ class HistoryAttention(nn.Module):
         batch, length = hist_items.shape
         dim = item_vecs.shape[1]
         heads, head_dim = self.n_heads, dim // self.n_heads
-        keys = self.key(item_vecs, hist_items, centred).view(batch, length, heads, head_dim)
+        keys = (self.key(item_vecs, hist_items, centred) + self.recency).view(batch, length, heads, head_dim)
         values = self.value(item_vecs, hist_items, centred).view(batch, length, heads, head_dim)
         query = (self.query + self.query_from_user(user_embedding)).view(batch, 1, heads, head_dim)
         logits = (keys * query).sum(-1) * self.scale  # [B, L, H]

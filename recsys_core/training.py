@@ -3,16 +3,19 @@
 One training example is one user. Each step, a random share of the user's training items (at most the most
 recent `history_len` of that share) is the input history; the user's other training items are the targets. So a
 target is never in its own history (no leakage) and the attention tower learns to predict unseen items from a
-history, which is what serving does with the most recent items. Losses on the targets:
+history, which is what serving does with the most recent items. With `next_items > 0` the split is causal instead
+(SASRec-style): the history is every item before a random cut in time order, the targets the next `next_items`
+items, so the attention (with its learned recency offsets) learns what comes next. Losses on the targets:
 - ranking: softmax over the catalogue with the input history masked out (`n_negatives=0`, exact and cheap for
   catalogues of a few thousand items), or a sampled softmax with popularity-proportional negatives and the logQ
   correction (`n_negatives>0`, for large catalogues);
 - rating: MSE of the predicted rating.
 With `prior_dim > 0`, a collaborative prior is fitted on the same training ratings first and loaded as the model's
 fixed prior factors (items never rated in training get factors mapped from their text): implicit ALS
-(`prior="als"`, `recsys_core.baselines.ImplicitALS`) or the rank-`prior_dim` SVD of EASE's scores (`prior="ease"`,
-`EASE.low_rank`). The losses leave it out, so the towers learn alone and the served score is the ensemble
-`towers + prior_weight * prior`.
+(`prior="als"`, `recsys_core.baselines.ImplicitALS`), the rank-`prior_dim` SVD of EASE's scores (`prior="ease"`,
+`EASE.low_rank`), or both side by side (`prior="als+ease"`: a blend with EASE's share `prior_ease_share`, still one
+dot product, over 2 * `prior_dim` columns). The losses leave it out, so the towers learn alone and the served score
+is the ensemble `towers + prior_weight * prior`.
 Likewise `rating_prior_dim > 0` fits `BiasedMF`, and the predicted rating is
 `(1 - rating_prior_weight) * towers + rating_prior_weight * MF`.
 Validation (when given) ranks every item for each validation user from the stored training histories with the
@@ -56,16 +59,18 @@ class TextVectors(Protocol):
 
 # Ridge penalty of the text -> ALS-factor map for unrated items (chosen on a seed-7 cold split; 0.1 and 10 were worse).
 PRIOR_TEXT_RIDGE = 1.0
-PRIORS = ("als", "ease")
+PRIORS = ("als", "ease", "als+ease")
+# Multiples of `prior_weight` tried on validation after training (`_fit_prior_weight`); 1 keeps the configured one.
+PRIOR_WEIGHT_STEPS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
 class TrainConfig:
     """The hybrid's knobs. The defaults were picked on validation splits only (the seed-7 random split of ml-100k,
-    never a test part); `prior="ease"` / `prior_reg` are new and not defaults: the Optuna search
-    (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench quality`) chooses between
-    the ALS and EASE priors, and re-picks lr, weight decay, dropout, history_keep and prior_weight, on the
-    validation split of the user's own data.
+    never a test part); `prior="ease"` / `"als+ease"`, `prior_reg`, `prior_ease_share` and `next_items > 0` are not
+    defaults: the Optuna search (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench
+    quality`) chooses the prior and the causal or random training split, and re-picks lr, weight decay, dropout,
+    history_keep and prior_weight, on the validation split of the user's own data.
     """
 
     dim: int = 64
@@ -84,10 +89,12 @@ class TrainConfig:
     n_negatives: int = 0
     popularity_alpha: float = 0.75
     history_keep: float = 0.5
+    next_items: int = 0
     prior: str = "als"
     prior_dim: int = 64
     prior_weight: float = 15.0
     prior_reg: float = 250.0
+    prior_ease_share: float = 0.5
     rating_prior_dim: int = 64
     rating_prior_weight: float = 0.4
     patience: int = 8
@@ -101,10 +108,19 @@ class TrainConfig:
             raise ValueError(f"TrainConfig needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
         if self.prior not in PRIORS:
             raise ValueError(f"TrainConfig.prior must be one of {PRIORS}, got {self.prior!r}")
+        if not 0.0 <= self.prior_ease_share <= 1.0:
+            raise ValueError(f"TrainConfig.prior_ease_share must be in [0, 1], got {self.prior_ease_share}")
+        if self.next_items < 0:
+            raise ValueError(f"TrainConfig.next_items must be >= 0, got {self.next_items}")
         if not 0.0 < self.history_keep < 1.0:
             raise ValueError(f"TrainConfig.history_keep must be in (0, 1), got {self.history_keep}")
         if self.rating_weight < 0 or self.ranking_weight < 0 or self.rating_weight + self.ranking_weight == 0:
             raise ValueError("TrainConfig loss weights must be >= 0 and not both 0")
+
+    @property
+    def prior_columns(self) -> int:
+        """Width of the prior's factors in the model: `prior_dim` per prior model."""
+        return self.prior_dim * len(self.prior.split("+"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +175,46 @@ def _factors_from_text(text: np.ndarray, factors: np.ndarray, rated: np.ndarray,
     known = design[rated]
     weights = np.linalg.solve(known.T @ known + reg * np.eye(design.shape[1]), known.T @ factors[rated])
     return np.where(rated[:, None], factors, design @ weights)
+
+
+def prior_factors(
+    train: pd.DataFrame, items: pd.DataFrame | None, text: TextVectors | None, config: TrainConfig,
+    user_index: IdIndex, item_index: IdIndex,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(user, item) factors of `config.prior` fitted on `train`, rows aligned with `user_index` / `item_index`;
+    with `text`, items unrated in `train` get factors mapped from their text (`_factors_from_text`).
+
+    `als+ease` concatenates both, scores (1 - share) ALS + share EASE with EASE rescaled to the ALS scores' Frobenius
+    norm, so `prior_weight` (chosen for the ALS scale) keeps its meaning for any share.
+    """
+    parts = []
+    for name in config.prior.split("+"):
+        if name == "ease":
+            model = EASE(reg=config.prior_reg, seed=config.seed).fit(train, items)
+            users, item_factors = model.low_rank(config.prior_dim)
+        else:
+            model = ImplicitALS(dim=config.prior_dim, seed=config.seed).fit(train, items)
+            users, item_factors = model.factors.users, model.factors.items
+        rows = model.user_index.encode(user_index.ids), model.item_index.encode(item_index.ids)
+        parts.append((users[rows[0]], item_factors[rows[1]]))
+    if len(parts) == 1:
+        users, item_factors = parts[0]
+    else:
+        (als_users, als_items), (ease_users, ease_items) = parts
+        share = config.prior_ease_share
+        scale = _score_norm(als_users, als_items) / max(_score_norm(ease_users, ease_items), 1e-12)
+        users = np.hstack([(1.0 - share) * als_users, share * scale * ease_users])
+        item_factors = np.hstack([als_items, ease_items])
+    text_matrix = _text_matrix(text, item_index)
+    if text_matrix is not None:
+        rated = np.isin(item_index.ids, train[ITEM_ID].to_numpy())
+        item_factors = _factors_from_text(text_matrix, item_factors, rated)
+    return users, item_factors
+
+
+def _score_norm(users: np.ndarray, items: np.ndarray) -> float:
+    """||users @ items.T||_F without the score matrix: sqrt(sum((U'U) * (V'V)))."""
+    return float(np.sqrt(max(np.sum((users.T @ users) * (items.T @ items)), 0.0)))
 
 
 class _PaddedRatings:
@@ -222,7 +278,7 @@ class HybridTrainer:
             dropout=config.dropout,
             item_dropout=config.item_dropout,
             user_dropout=config.user_dropout,
-            prior_dim=config.prior_dim,
+            prior_dim=config.prior_columns,
             prior_weight=config.prior_weight if config.prior_dim else 0.0,
             rating_prior_dim=config.rating_prior_dim,
             rating_prior_weight=config.rating_prior_weight if config.rating_prior_dim else 0.0,
@@ -235,10 +291,7 @@ class HybridTrainer:
         self.model = HybridRecommender(self.model_config)
         self.model.set_item_features(text_matrix, self.popularity)
         if config.prior_dim:
-            user_factors, item_factors = self._prior_factors(train, items)
-            if text_matrix is not None:
-                item_factors = _factors_from_text(text_matrix, item_factors, self.popularity > 0)
-            self.model.set_prior(user_factors, item_factors)
+            self.model.set_prior(*prior_factors(train, items, text, config, self.user_index, self.item_index))
         if config.rating_prior_dim:
             mf = BiasedMF(dim=config.rating_prior_dim, seed=config.seed).fit(train, items)
             users, item_rows = mf.user_index.encode(self.user_index.ids), mf.item_index.encode(self.item_index.ids)
@@ -270,29 +323,24 @@ class HybridTrainer:
         indptr, indices = build_seen(train, self.user_index, self.item_index)
         self.bundle = ModelBundle(self.model, self.user_index, self.item_index, histories, indptr, indices, self.popularity)
 
-    def _prior_factors(self, train: pd.DataFrame, items: pd.DataFrame | None) -> tuple[np.ndarray, np.ndarray]:
-        """(user, item) prior factors aligned with this trainer's indexes."""
-        config = self.config
-        if config.prior == "ease":
-            ease = EASE(reg=config.prior_reg, seed=config.seed).fit(train, items)
-            users, item_factors = ease.low_rank(config.prior_dim)
-            rows = ease.user_index.encode(self.user_index.ids), ease.item_index.encode(self.item_index.ids)
-        else:
-            als = ImplicitALS(dim=config.prior_dim, seed=config.seed).fit(train, items)
-            users, item_factors = als.factors.users, als.factors.items
-            rows = als.user_index.encode(self.user_index.ids), als.item_index.encode(self.item_index.ids)
-        return users[rows[0]], item_factors[rows[1]]
-
     def _batch(self, users: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Random history / target split of each user's training items (the history never holds a target)."""
         L = self.config.history_len
         items, ratings, mask = self.padded.rows(users)
-        draw = torch.rand(mask.shape, generator=self.generator)
-        chosen = mask & (draw < self.config.history_keep)
         position = torch.arange(mask.shape[1]).expand_as(mask)
+        if self.config.next_items:
+            # causal: the history is everything before a random cut, the targets the next `next_items` items
+            count = mask.sum(1, keepdim=True)
+            cut = 1 + (torch.rand(count.shape, generator=self.generator) * (count - 1).clamp(min=0)).long()
+            chosen = mask & (position < cut)
+            targets = mask & (position >= cut) & (position < cut + self.config.next_items)
+        else:
+            chosen = mask & (torch.rand(mask.shape, generator=self.generator) < self.config.history_keep)
+            targets = mask
         key = torch.where(chosen, position, torch.full_like(position, -1))
         width = min(L, mask.shape[1])
-        top_key, top_pos = torch.topk(key, width, dim=1)
+        # the latest `width` history items, oldest first and right-aligned as `build_histories` lays them out for serving
+        top_key, top_pos = (t.flip(1) for t in torch.topk(key, width, dim=1))
         hist_mask = top_key >= 0
         in_history = torch.zeros_like(mask)
         in_history.scatter_(1, top_pos, hist_mask)
@@ -303,7 +351,7 @@ class HybridTrainer:
             hist_items = F.pad(hist_items, (pad, 0))
             hist_ratings = F.pad(hist_ratings, (pad, 0))
             hist_mask = F.pad(hist_mask, (pad, 0))
-        target_mask = mask & ~in_history
+        target_mask = targets & ~in_history
         tensors = (users, hist_items, hist_ratings, hist_mask, items, ratings, target_mask)
         return tuple(t.to(self.device) for t in tensors)
 
@@ -368,6 +416,18 @@ class HybridTrainer:
         return metrics
 
 
+def _fit_prior_weight(trainer: HybridTrainer, validation: pd.DataFrame) -> None:
+    """Sets the prior's weight beside the trained towers to the best of `PRIOR_WEIGHT_STEPS` x the configured one on
+    validation nDCG@k: a stacked blend fitted on validation, cheap because the towers are trained without the prior."""
+    config, monitor = trainer.model.config, f"val_ndcg@{trainer.config.k}"
+    start = config.prior_weight
+    scores = {}
+    for step in PRIOR_WEIGHT_STEPS:
+        config.prior_weight = start * step
+        scores[config.prior_weight] = trainer.evaluate(validation)[monitor]
+    config.prior_weight = max(scores, key=lambda weight: (scores[weight], weight == start))
+
+
 def train_hybrid(
     train: pd.DataFrame,
     validation: pd.DataFrame | None = None,
@@ -406,5 +466,7 @@ def train_hybrid(
     if best_state is not None:
         trainer.model.load_state_dict(best_state)
     trainer.model.eval()
+    if use_validation and config.prior_dim:
+        _fit_prior_weight(trainer, validation)
     final = trainer.evaluate(validation) if use_validation else {}
     return TrainResult(trainer.bundle, history, best_epoch, time.perf_counter() - started, final)

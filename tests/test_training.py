@@ -201,3 +201,42 @@ def test_tuned_config_searches_on_validation_with_trials_nested_under_the_traini
     trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(run.info.run_name for run in trials) == ["hybrid-trial-0", "hybrid-trial-1"]
     assert "tuned_lr" in parent.data.params and "final_val_ndcg_at_10" in parent.data.metrics
+
+
+def test_causal_batches_predict_the_next_items_from_the_earlier_ones(data) -> None:
+    from recsys_core.training import HybridTrainer
+
+    ratings, items = data
+    trainer = HybridTrainer(ratings, items, None, TrainConfig(epochs=1, next_items=2, **TINY))
+    users = torch.arange(20)
+    _, hist_items, _, hist_mask, targets, _, target_mask = trainer._batch(users)
+    stored_items, _, stored_mask = trainer.padded.rows(users)
+    for row in range(len(users)):
+        order = stored_items[row][stored_mask[row]].tolist()  # the user's items in time order
+        history = hist_items[row][hist_mask[row]].tolist()
+        wanted = targets[row][target_mask[row]].tolist()
+        cut = order.index(wanted[0])
+        assert 1 <= len(wanted) <= 2 and wanted == order[cut : cut + len(wanted)]  # the next items, in order
+        assert history == order[:cut][-TINY["history_len"]:]  # the latest items before the cut, oldest first
+        assert hist_mask[row, -len(history):].all()  # right-aligned, as build_histories serves them
+    with pytest.raises(ValueError, match="next_items"):
+        TrainConfig(next_items=-1)
+
+
+def test_the_priors_weight_is_fitted_on_validation(data) -> None:
+    from recsys_core.training import PRIOR_WEIGHT_STEPS, HybridTrainer
+
+    ratings, items = data
+    split = stratified_random_split(ratings, 0.2, 0.0, seed=0)
+    config = TrainConfig(epochs=2, prior_dim=4, prior_weight=3.0, rating_prior_dim=0, **TINY)
+    result = train_hybrid(split.train, split.validation, items, None, config)
+    chosen = result.bundle.config.prior_weight
+    assert chosen in {3.0 * step for step in PRIOR_WEIGHT_STEPS}
+    trainer = HybridTrainer(split.train, items, None, config)  # the same seed: the same towers, scored per weight
+    trainer.model.load_state_dict(result.bundle.model.state_dict())
+    trainer.model.eval()
+    scores = {}
+    for step in PRIOR_WEIGHT_STEPS:
+        trainer.model.config.prior_weight = 3.0 * step
+        scores[3.0 * step] = trainer.evaluate(split.validation)["val_ndcg@10"]
+    assert scores[chosen] == max(scores.values()) == result.final_metrics["val_ndcg@10"]

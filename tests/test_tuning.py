@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from recsys_core.baselines import RANKING_BASELINES
+from recsys_core.schema import IdIndex
 from recsys_core.split import stratified_random_split
 from recsys_core.synthetic import generate_synthetic
 from recsys_core.training import TrainConfig
 from recsys_core.tuning import BASELINE_SPACES, Budget, tune_baseline, tune_hybrid
+from recsys_core.tuning.space import SEQUENTIAL_TRIAL
 
 TINY = TrainConfig(dim=8, n_heads=2, history_len=16, batch_size=16, epochs=4, prior_dim=8, rating_prior_dim=0,
                    show_progress=False, device="cpu")  # fmt: skip
@@ -30,8 +32,9 @@ def test_hybrid_search_is_deterministic_for_a_seed(split) -> None:
     assert runs[0].trials["value"].tolist() == runs[1].trials["value"].tolist()
     assert len(runs[0].trials) == 3 and 1 <= runs[0].best_attrs["best_epoch"] <= TINY.epochs
     assert runs[0].trials.loc[0, "lr"] == TINY.lr and runs[0].trials.loc[0, "prior"] == TINY.prior  # trial 0: defaults
-    other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=2, seed=6))
-    assert other.trials.loc[1, "lr"] != runs[0].trials.loc[1, "lr"]  # the seed drives the sampler
+    assert runs[0].trials.loc[1, "next_items"] == SEQUENTIAL_TRIAL["next_items"]  # trial 1: the causal preset
+    other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=3, seed=6))
+    assert other.trials.loc[2, "lr"] != runs[0].trials.loc[2, "lr"]  # the seed drives the sampler
 
 
 def test_every_baseline_space_builds_its_model_and_the_search_keeps_the_best(split) -> None:
@@ -60,3 +63,24 @@ def test_ease_prior_is_its_low_rank_scores_and_trains(split) -> None:
     np.testing.assert_allclose(prior_users, low_users[ease.user_index.encode(bundle.user_index.ids)], atol=1e-4)
     with pytest.raises(ValueError, match="prior must be one of"):
         TrainConfig(prior="knn")
+
+
+def test_blended_prior_is_a_convex_mix_of_als_and_rescaled_ease(split) -> None:
+    from recsys_core.training import prior_factors
+
+    parts, items = split
+    ids = IdIndex.from_ids(parts.train["user_id"]), IdIndex.from_ids(items["item_id"])
+    als = prior_factors(parts.train, items, None, replace(TINY, prior="als"), *ids)
+    ease = prior_factors(parts.train, items, None, replace(TINY, prior="ease", prior_reg=50.0), *ids)
+    users, item_factors = prior_factors(parts.train, items, None, replace(TINY, prior="als+ease", prior_reg=50.0,
+                                                                          prior_ease_share=0.25), *ids)  # fmt: skip
+    p = TINY.prior_dim
+    assert users.shape[1] == item_factors.shape[1] == 2 * p == replace(TINY, prior="als+ease").prior_columns
+    np.testing.assert_allclose(users[:, :p], 0.75 * als[0]) and np.testing.assert_allclose(item_factors[:, p:], ease[1])
+    als_norm = np.linalg.norm(als[0] @ als[1].T)
+    ease_part = users[:, p:] @ item_factors[:, p:].T  # rescaled to ALS's norm, times the share
+    assert np.linalg.norm(ease_part) == pytest.approx(0.25 * als_norm, rel=1e-6)
+    ease_scores = ease[0] @ ease[1].T
+    np.testing.assert_allclose(ease_part / np.linalg.norm(ease_part), ease_scores / np.linalg.norm(ease_scores), atol=1e-6)
+    with pytest.raises(ValueError, match="prior_ease_share"):
+        TrainConfig(prior_ease_share=1.5)

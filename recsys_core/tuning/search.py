@@ -21,7 +21,7 @@ from recsys_core.baselines import RANKING_BASELINES
 from recsys_core.metrics import ranking_metrics
 from recsys_core.schema import USER_ID
 from recsys_core.training import TextVectors, TrainConfig, train_hybrid
-from recsys_core.tuning.space import BASELINE_SPACES, Space, has_knobs, hybrid_space
+from recsys_core.tuning.space import BASELINE_SPACES, SEQUENTIAL_TRIAL, Space, has_knobs, hybrid_space
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,10 @@ Objective = Callable[[dict[str, Any], optuna.Trial], float]
 
 
 def _search(
-    model: str, space: Space, objective: Objective, budget: Budget, log_mlflow: bool, defaults: dict[str, Any]
+    model: str, space: Space, objective: Objective, budget: Budget, log_mlflow: bool, *enqueued: dict[str, Any]
 ) -> SearchResult:
-    """Trial 0 is the model's defaults, so a search never ends below them on validation."""
+    """Trial 0 is the model's defaults (the first of `enqueued`), so a search never ends below them on validation;
+    the other `enqueued` trials follow it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize",
@@ -63,7 +64,8 @@ def _search(
         study_name=f"{model}-seed{budget.seed}",
     )
 
-    study.enqueue_trial(defaults, skip_if_exists=True)
+    for params in enqueued:
+        study.enqueue_trial(params, skip_if_exists=True)
 
     def run_trial(trial: optuna.Trial) -> float:
         params = space(trial)
@@ -126,7 +128,8 @@ def tune_hybrid(
 ) -> SearchResult:  # fmt: skip
     """Searches `space` around `base`; each trial early-stops on validation nDCG@k and is pruned per epoch.
 
-    `best_attrs["best_epoch"]` is the best trial's best epoch: what a refit on train + validation should run for.
+    `best_attrs["best_epoch"]` is the best trial's best epoch: what a refit on train + validation should run for;
+    `best_params["prior_weight"]` is the weight that trial's training fitted on validation (`train_hybrid`).
     """
 
     def objective(params: dict[str, Any], trial: optuna.Trial) -> float:
@@ -142,6 +145,11 @@ def tune_hybrid(
         config = replace(base, **params, seed=budget.seed, show_progress=False)
         result = train_hybrid(train, validation, items, text, config, on_epoch=report)
         trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("prior_weight", result.bundle.config.prior_weight)
         return result.final_metrics[f"val_ndcg@{base.k}"]
 
-    return _search("hybrid", space, objective, budget, log_mlflow, base.to_dict())
+    defaults = base.to_dict()
+    result = _search("hybrid", space, objective, budget, log_mlflow, defaults, {**defaults, **SEQUENTIAL_TRIAL})
+    if "prior_weight" in result.best_params:  # the weight training fitted on validation, not the sampled start
+        result.best_params["prior_weight"] = result.best_attrs["prior_weight"]
+    return result

@@ -14,18 +14,29 @@ Space = Callable[[optuna.Trial], dict[str, Any]]
 
 
 def hybrid_space(trial: optuna.Trial) -> dict[str, Any]:
-    """The `TrainConfig` knobs that moved validation nDCG most when they were hand-tuned, and which prior to use."""
+    """The `TrainConfig` knobs that moved validation nDCG most when they were hand-tuned, which prior to use, and
+    whether the towers learn to predict held-out items from a random share (`next_items=0`) or the next items from
+    the earlier ones (causal)."""
     params = {
         "lr": trial.suggest_float("lr", 1e-3, 2e-2, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 0.01, 1.0, log=True),
         "dropout": trial.suggest_float("dropout", 0.0, 0.5),
         "history_keep": trial.suggest_float("history_keep", 0.3, 0.8),
-        "prior": trial.suggest_categorical("prior", ["als", "ease"]),
-        "prior_weight": trial.suggest_float("prior_weight", 1.0, 30.0, log=True),
+        "next_items": trial.suggest_categorical("next_items", [0, 1, 5]),
+        "prior": trial.suggest_categorical("prior", ["als", "ease", "als+ease"]),
+        "prior_weight": trial.suggest_float("prior_weight", 1.0, 100.0, log=True),
     }
-    if params["prior"] == "ease":
+    if "ease" in params["prior"]:
         params["prior_reg"] = trial.suggest_float("prior_reg", 10.0, 5000.0, log=True)
+    if params["prior"] == "als+ease":
+        params["prior_ease_share"] = trial.suggest_float("prior_ease_share", 0.1, 0.9)
     return params
+
+
+# Trial 1 of the hybrid's search (after its defaults): causal training with lighter regularisation. Chosen on the
+# validation split of ml-100k leave-last-out, seed 0 (val nDCG@10 0.084 vs 0.079 for the defaults, 20 epochs, measured
+# before training histories were made oldest-first as served), so ordered-history data gets it tried on a small budget.
+SEQUENTIAL_TRIAL = {"next_items": 5, "weight_decay": 0.05, "dropout": 0.1, "prior_weight": 10.0}
 
 
 BASELINE_SPACES: dict[str, Space] = {

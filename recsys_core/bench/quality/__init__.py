@@ -4,14 +4,17 @@ For each protocol (`protocols.PROTOCOLS`) every model is tuned once, on the firs
 same budget (`--trials`, `--minutes`: `recsys_core.tuning`); then, for every split seed, it is refitted with those
 settings on train + validation (the hybrid for its best validation epoch count) and scored on the test part with
 training items excluded. Metrics are means and standard deviations over the seeds. Slices: users with <= 5 training
-ratings, and held-out ratings of items with no training rating. Ablation: `prior alone` (the hybrid's own implicit-ALS
-prior with the hybrid's defaults), `towers alone` (the hybrid's tuned settings with `prior_dim=0`), `hybrid`.
+ratings, and held-out ratings of items with no training rating. Ablation, all from the tuned hybrid's settings:
+`prior alone` (its prior, as tuned: ALS, EASE or their blend, with the same text map for unrated items), `towers
+alone` (the refitted hybrid with `prior_weight` 0: the towers are trained without the prior, so these are exactly
+the hybrid's towers and one refit serves both rows), `hybrid`.
 The test ratings choose nothing. The hybrid's rating prior (BiasedMF) is off: it changes predicted ratings, not ranks.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_core.baselines import RANKING_BASELINES, ImplicitALS
+from recsys_core.baselines import RANKING_BASELINES
+from recsys_core.baselines.classic import _Factors, _FactorModel
 from recsys_core.bench.quality.protocols import PROTOCOLS, ProtocolSplit
 from recsys_core.bench.report import write_report
 from recsys_core.ingestion import load_movielens
@@ -30,7 +34,7 @@ from recsys_core.paths import default_cache_dir
 from recsys_core.schema import ITEM_ID, USER_ID
 from recsys_core.synthetic import generate_synthetic
 from recsys_core.text_features import ItemTextFeatures, TextEncoder, encode_items
-from recsys_core.training import TrainConfig, train_hybrid
+from recsys_core.training import TrainConfig, prior_factors, train_hybrid
 from recsys_core.tuning import Budget, SearchResult, tune_baseline, tune_hybrid
 
 K = 10
@@ -79,6 +83,22 @@ def _scores(model: Any, refit: pd.DataFrame, test: pd.DataFrame) -> tuple[dict[s
     return out, recs
 
 
+class _PriorAlone(_FactorModel):
+    """The hybrid's prior on its own: `prior_factors` of a `TrainConfig`, unrated items mapped from their text."""
+
+    predicts_ratings = False
+
+    def __init__(self, config: TrainConfig, text: ItemTextFeatures) -> None:
+        super().__init__(config.seed)
+        self.config, self.text = config, text
+
+    def fit(self, train: pd.DataFrame, items: pd.DataFrame | None) -> "_PriorAlone":
+        self._prepare(train, items)
+        users, item_factors = prior_factors(train, items, self.text, self.config, self.user_index, self.item_index)
+        self.factors = _Factors(users, item_factors, np.zeros(len(users)), np.zeros(len(item_factors)))
+        return self
+
+
 class _Contenders:
     """Tunes every model on one protocol's search split, then refits any of them on another seed's split."""
 
@@ -87,6 +107,7 @@ class _Contenders:
         self.base = TrainConfig(epochs=args.max_epochs, rating_prior_dim=0, device=args.device, show_progress=False)
         self.tuned: dict[str, SearchResult] = {}
         self.search_rows: list[dict[str, Any]] = []
+        self.hybrid: Any = None  # the last refitted hybrid, whose towers are the next `towers alone`
 
     def tune(self, protocol: str, split: ProtocolSplit, seed: int) -> None:
         budget = Budget(trials=self.args.trials, minutes=self.args.minutes, seed=seed)
@@ -101,15 +122,19 @@ class _Contenders:
             print(f"[{protocol}] tuned {result.model}: val nDCG@10 {result.best_value:.4f}", flush=True)
 
     def fit(self, name: str, train: pd.DataFrame, seed: int) -> Any:
+        """A baseline, or the hybrid's ablation rows: `hybrid` fits, `towers alone` reuses that fit (call it next)."""
         if name in RANKING_BASELINES:
             return RANKING_BASELINES[name](**self.tuned[name].best_params, seed=seed).fit(train, self.items)
-        if name == "prior alone":
-            return ImplicitALS(dim=self.base.prior_dim, seed=seed).fit(train, self.items)
         hybrid = self.tuned["hybrid"]
         config = replace(self.base, **hybrid.best_params, epochs=int(hybrid.best_attrs["best_epoch"]), seed=seed)
-        if name == "towers alone":
-            config = replace(config, prior_dim=0)
-        return train_hybrid(train, None, self.items, self.text, config).bundle
+        if name == "prior alone":
+            return _PriorAlone(config, self.text).fit(train, self.items)
+        if name == "hybrid":
+            self.hybrid = train_hybrid(train, None, self.items, self.text, config).bundle
+            return self.hybrid
+        towers = copy.deepcopy(self.hybrid)
+        towers.model.config.prior_weight = 0.0
+        return towers
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -164,16 +189,16 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for protocol in protocols:
         phase = time.perf_counter()
-        contenders.tune(protocol, PROTOCOLS[protocol](ratings, seeds[0]), seeds[0])
-        for seed in seeds:
-            split = PROTOCOLS[protocol](ratings, seed)
-            for name in [*RANKING_BASELINES, "prior alone", "towers alone", "hybrid"]:
+        splits = {seed: PROTOCOLS[protocol](ratings, seed) for seed in seeds}
+        contenders.tune(protocol, splits[seeds[0]], seeds[0])
+        for seed, split in splits.items():
+            for name in [*RANKING_BASELINES, "prior alone", "hybrid", "towers alone"]:
                 fit_started = time.perf_counter()
                 model = contenders.fit(name, split.refit, seed)
                 fit_s = time.perf_counter() - fit_started
                 metrics, recs = _scores(model, split.refit, split.test)
                 rows.append({"protocol": protocol, "model": name, "seed": seed, **metrics, "fit_s": round(fit_s, 1)})
-                if args.recs_out and name == "hybrid" and len(rows) == len(RANKING_BASELINES) + 3:
+                if args.recs_out and name == "hybrid" and len(rows) == len(RANKING_BASELINES) + 2:
                     Path(args.recs_out).parent.mkdir(parents=True, exist_ok=True)
                     recs[[USER_ID, ITEM_ID, "rank", "score"]].to_parquet(args.recs_out, index=False)
                 print(f"[{protocol} seed {seed}] {name}: nDCG@10 {rows[-1][f'ndcg@{K}']:.4f} ({fit_s:.0f} s)", flush=True)

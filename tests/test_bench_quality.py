@@ -1,0 +1,36 @@
+"""`recsys bench quality`'s ablation: one refit of the tuned hybrid gives `hybrid` and `towers alone`, and `prior
+alone` is the tuned hybrid's own prior."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_core.bench.quality import _Contenders
+from recsys_core.synthetic import generate_synthetic
+from recsys_core.tuning import SearchResult
+
+
+def test_ablation_rows_are_the_tuned_hybrids_towers_and_prior() -> None:
+    ratings, items = generate_synthetic(n_users=40, n_items=50, n_ratings=800, seed=2)
+    args = argparse.Namespace(max_epochs=2, device="cpu", trials=1, minutes=1.0)
+    contenders = _Contenders(args, items, None)
+    params = {"dim": 8, "n_heads": 2, "history_len": 16, "batch_size": 16, "prior": "als+ease", "prior_dim": 4,
+              "prior_weight": 5.0, "prior_ease_share": 0.5, "prior_reg": 20.0}  # fmt: skip
+    contenders.tuned["hybrid"] = SearchResult("hybrid", params, 0.0, pd.DataFrame(), {"best_epoch": 2})
+    hybrid = contenders.fit("hybrid", ratings, seed=0)
+    towers = contenders.fit("towers alone", ratings, seed=0)
+    prior = contenders.fit("prior alone", ratings, seed=0)
+    assert hybrid.config.prior_weight == 5.0 and towers.config.prior_weight == 0.0  # the hybrid is left as it was
+    users = hybrid.user_index.ids
+    inputs = hybrid._user_inputs(users, torch.device("cpu"))
+    with torch.no_grad():
+        full = hybrid.model.user_vectors(*inputs) @ hybrid.model.item_vectors().T
+        tower_scores = towers.model.user_vectors(*inputs) @ towers.model.item_vectors().T
+    rows, cols = prior.user_index.encode(users), prior.item_index.encode(hybrid.item_index.ids)
+    prior_scores = (prior.factors.users[rows] @ prior.factors.items[cols].T).astype(np.float32)
+    np.testing.assert_allclose((full - tower_scores).numpy(), 5.0 * prior_scores, atol=1e-4)
+    assert prior.factors.users.shape[1] == 8  # ALS and EASE columns side by side
