@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from recsys_core.experiments.simulate_command import ServiceSink, simulate_http
 from recsys_core.experiments.simulation import SimulatedUsers
 from recsys_core.serving.auth import hash_key
 from recsys_core.serving.exposure_log import ExposureLog
+from recsys_core.serving.process import wait_ready
 from recsys_core.serving.reload import RegistrySource
 from recsys_core.serving.serve import build_service
 from recsys_core.synthetic import SyntheticConfig
@@ -133,16 +133,11 @@ def start_service(processes: Processes, name: str, port: int, root: Path) -> htt
     processes.start(name, [sys.executable, "-m", "recsys_core.serving.serve", "--registry-alias", "champion", "--port",
                            str(port), "--providers", "cpu", "--reload-interval", "0.5", "--api-keys", str(keys_file(root))])  # fmt: skip
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert name not in processes.exited(), processes.log(name)
-        try:
-            if client.get("/health/ready").status_code == 200:
-                return client
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(processes.log(name))
+    try:
+        wait_ready(client, lambda: name in processes.exited(), 90)
+    except (RuntimeError, TimeoutError) as error:
+        raise AssertionError(processes.log(name)) from error
+    return client
 
 
 @pytest.mark.slow

@@ -9,12 +9,28 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from recsys_core.events.redis_process import free_port
 from recsys_core.serving.auth import hash_key
+
+
+def wait_ready(client: httpx.Client, exited: Callable[[], bool], timeout_s: float) -> None:
+    """Polls /health/ready until it answers 200; raises RuntimeError once `exited()` and TimeoutError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if exited():
+            raise RuntimeError("the service exited")
+        try:
+            if client.get("/health/ready").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the service was not ready within {timeout_s:.0f} s")
 
 
 class ServiceProcess:
@@ -37,19 +53,15 @@ class ServiceProcess:
         """Starts the service and waits until /health/ready answers 200 (raises with the log's tail if it exits)."""
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout_s
         with httpx.Client(base_url=self.url, timeout=5) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the service exited: {self.log_path.read_text()[-2000:]}")
-                try:
-                    if client.get("/health/ready").status_code == 200:
-                        return self
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.3)
-        self.stop()
-        raise TimeoutError(f"the service was not ready within {timeout_s:.0f} s; see {self.log_path}")
+            try:
+                wait_ready(client, lambda: self.process.poll() is not None, timeout_s)
+            except RuntimeError as error:
+                raise RuntimeError(f"{error}: {self.log_path.read_text()[-2000:]}") from None
+            except TimeoutError as error:
+                self.stop()
+                raise TimeoutError(f"{error}; see {self.log_path}") from None
+        return self
 
     def client(self, key: str = "", timeout_s: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout_s, headers={"X-API-Key": key} if key else None)
