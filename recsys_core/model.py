@@ -36,15 +36,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recsys_core.schema import ITEM_ID, RATING, TIMESTAMP, USER_ID, IdIndex
+from recsys_core.schema import (
+    HISTORIES_FILE, ITEM_ID, ITEM_IDS_FILE, POPULARITY_FILE, RATING, SEEN_FILE, TIMESTAMP, USER_ID, USER_IDS_FILE, IdIndex,
+)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-USER_IDS_FILE = "user_ids.npy"
-ITEM_IDS_FILE = "item_ids.npy"
-HISTORIES_FILE = "histories.npz"
-SEEN_FILE = "seen.npz"
-POPULARITY_FILE = "item_popularity.npy"
 
 
 @dataclass

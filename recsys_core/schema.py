@@ -8,6 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+# A trained model directory's id maps and serving tables: one spelling for training (torch), serving and privacy checks.
+USER_IDS_FILE = "user_ids.npy"
+ITEM_IDS_FILE = "item_ids.npy"
+HISTORIES_FILE = "histories.npz"
+SEEN_FILE = "seen.npz"
+POPULARITY_FILE = "item_popularity.npy"
+
 USER_ID = "user_id"
 ITEM_ID = "item_id"
 RATING = "rating"

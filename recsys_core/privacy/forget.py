@@ -11,9 +11,7 @@ import pandas as pd
 
 from recsys_core.events import EventStore
 from recsys_core.privacy.tombstones import AuditRecord, Tombstones
-from recsys_core.schema import USER_ID
-
-USER_IDS_FILE = "user_ids.npy"  # recsys_core.model's name for it, not imported: serving runs without torch
+from recsys_core.schema import USER_ID, USER_IDS_FILE
 
 
 def forget_user(

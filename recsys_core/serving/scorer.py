@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from recsys_core.retrieval import INDEX_FILE, ItemIndex
-from recsys_core.schema import IdIndex
+from recsys_core.schema import HISTORIES_FILE, ITEM_IDS_FILE, POPULARITY_FILE, SEEN_FILE, USER_IDS_FILE, IdIndex
 from recsys_core.serving.providers import CUDA, choose_providers, session_options
 
 USER_ENCODER = "user_encoder.onnx"
@@ -28,7 +28,7 @@ ITEM_MATRIX = "item_matrix.npy"
 MANIFEST = "manifest.json"
 ITEM_TITLES = "item_titles.json"
 LARGE_MATRIX_BYTES = 8 << 20
-BUNDLE_FILES = ("user_ids.npy", "item_ids.npy", "histories.npz", "seen.npz", "item_popularity.npy")
+BUNDLE_FILES = (USER_IDS_FILE, ITEM_IDS_FILE, HISTORIES_FILE, SEEN_FILE, POPULARITY_FILE)
 REQUIRED_FILES = (USER_ENCODER, TOPK, ITEM_MATRIX, MANIFEST, *BUNDLE_FILES)
 
 USER_INPUTS = ("user_idx", "hist_vecs", "hist_ratings", "hist_mask")
@@ -122,17 +122,17 @@ class OnnxScorer:
 
     def _read_arrays(self) -> None:
         self.item_matrix = np.ascontiguousarray(np.load(self.directory / ITEM_MATRIX), dtype=np.float32)
-        self.users = IdIndex(np.load(self.directory / "user_ids.npy").astype(np.int64))
-        self.items = IdIndex(np.load(self.directory / "item_ids.npy").astype(np.int64))
-        with np.load(self.directory / "histories.npz") as histories:
+        self.users = IdIndex(np.load(self.directory / USER_IDS_FILE).astype(np.int64))
+        self.items = IdIndex(np.load(self.directory / ITEM_IDS_FILE).astype(np.int64))
+        with np.load(self.directory / HISTORIES_FILE) as histories:
             self.histories = History(
                 histories["hist_items"].astype(np.int64),
                 histories["hist_ratings"].astype(np.float32),
                 histories["hist_mask"].astype(bool),
             )
-        with np.load(self.directory / "seen.npz") as seen:
+        with np.load(self.directory / SEEN_FILE) as seen:
             self.seen_indptr, self.seen_indices = seen["indptr"].astype(np.int64), seen["indices"].astype(np.int64)
-        self.popularity = np.load(self.directory / "item_popularity.npy").astype(np.float64)
+        self.popularity = np.load(self.directory / POPULARITY_FILE).astype(np.float64)
 
     @classmethod
     def from_dir(
