@@ -48,7 +48,7 @@ class EventRules:
     max_batch: int = 1000
     max_clock_skew_s: float = 300.0  # timestamps further in the future are refused
     min_timestamp: float = 631_152_000.0  # 1990-01-01, as for every other rating source
-    max_payload_bytes: int = 4096  # an exposure of 100 items takes about 1.2 KB
+    max_payload_bytes: int = 4096  # an exposure's payload of 100 items: 0.6 KB (4-digit ids) to 2.1 KB (19-digit)
 
 
 class EventIn(BaseModel):
