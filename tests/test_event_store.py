@@ -1,6 +1,10 @@
 """The event-store contract, run against both backends: a real SQLite file and a real redis-server on 127.0.0.1."""
 
 import asyncio
+import dataclasses
+import json
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +13,9 @@ import pytest
 from recsys_core.events import Event, EventStore, open_store
 from recsys_core.events.group_commit import GroupCommitter
 from recsys_core.events.redis_process import RedisServer
+from recsys_core.experiments.definitions import ExperimentDefinition
+from recsys_core.experiments.exposures import Exposure
+from recsys_core.experiments.records import EventStoreRecords
 
 pytestmark = pytest.mark.slow  # real redis-server / uvicorn processes
 CAP = 4
@@ -121,3 +128,85 @@ def test_group_commit_merges_concurrent_batches_and_attributes_each_event_once(b
     assert [([e.event_id for e in r.stored], r.duplicates) for r in results] == [(["e1", "e2"], 0), (["e3"], 1), ([], 2)]
     assert [e.event_id for e in store.read()] == ["e1", "e2", "e3"]
     store.close()
+
+
+def with_payload(e: Event, payload: str | None) -> Event:
+    return dataclasses.replace(e, payload=payload)
+
+
+def test_payload_round_trips_through_the_log_the_windows_and_the_history(backend) -> None:
+    store = store_for(backend[0])
+    note = json.dumps({"arm": "b", "items": [3, 1], "note": "two\nlines, é"}, separators=(",", ":"), ensure_ascii=False)
+    spaced = '{"a":\n 1}'  # valid JSON with a raw newline: the Redis history row must still split at the right place
+    first = store.append([with_payload(event(1), note), event(2), with_payload(event(3, type_="impression"), spaced)])
+    assert [e.payload for e in first.stored] == [note, None, spaced]
+    for read in (store.read(), store.read_received(0.0, 4e9)):
+        assert [e.payload for e in read] == [note, None, spaced]
+    assert [(e.event_id, e.payload) for e in store.history(1)] == [("e1", note), ("e2", None)]
+    retry = store.append([with_payload(event(1), '{"other":1}')])  # idempotency is the event_id's: the first write wins
+    assert retry.duplicates == 1 and store.read()[0].payload == note
+    store.close()
+
+
+def legacy_exposure(exposure: Exposure) -> Event:
+    """An exposure as versions before the payload column logged it: every field packed into the event_id."""
+    packed = [exposure.experiment, exposure.arm, exposure.model_version, exposure.request_id, exposure.timestamp,
+              round(exposure.latency_ms, 3), exposure.fallback, list(exposure.item_ids)]  # fmt: skip
+    return Event("exposure|" + json.dumps(packed, separators=(",", ":")), exposure.user_id, exposure.item_ids[0], "exposure",
+                 exposure.timestamp, float(len(exposure.item_ids)), exposure.request_id)  # fmt: skip
+
+
+def test_exposures_are_read_back_from_their_payload_and_from_the_legacy_packed_event_id(backend) -> None:
+    store = store_for(backend[0])
+    now = time.time()
+    old = Exposure("exp", "control", "3", "req-old", 11, [5, 6, 7], now, 1.25, False)
+    new = Exposure("exp", "treatment", "4", "req-new", 12, [8, 9], now, 2.5, True)
+    other = Exposure("other", "control", "3", "req-other", 13, [5], now, 1.0, False)
+    stored = store.append([legacy_exposure(old), new.event(), other.event(), new.event()])  # the last: a retried append
+    assert stored.duplicates == 1 and [e.event_id.startswith("exposure-") for e in stored.stored] == [False, True, True]
+    assert all(len(e.event_id) <= 128 and e.payload is not None for e in stored.stored[1:])
+    store.append([Event("c1", 12, 9, "click", now, request_id="req-new")])
+    definition = ExperimentDefinition("exp", {"control": "alias:champion", "treatment": "alias:challenger"},
+                                      {"control": 0.5, "treatment": 0.5}, start_time=now - 60)  # fmt: skip
+    exposures, clicks = EventStoreRecords(store).read(definition)
+    rows = exposures[["request_id", "user_id", "arm", "item_id", "rank", "model_version", "latency_ms", "fallback"]]
+    assert rows.values.tolist() == [
+        ["req-old", 11, "control", 5, 1, "3", 1.25, False], ["req-old", 11, "control", 6, 2, "3", 1.25, False],
+        ["req-old", 11, "control", 7, 3, "3", 1.25, False],
+        ["req-new", 12, "treatment", 8, 1, "4", 2.5, True], ["req-new", 12, "treatment", 9, 2, "4", 2.5, True],
+    ]  # fmt: skip
+    assert clicks[["user_id", "item_id", "request_id"]].values.tolist() == [[12, 9, "req-new"]]
+    store.close()
+
+
+OLD_SCHEMA = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, user_id INTEGER NOT NULL,
+    item_id INTEGER NOT NULL, type TEXT NOT NULL, value REAL, timestamp REAL NOT NULL, request_id TEXT, received_at REAL NOT NULL);
+CREATE INDEX events_by_user ON events (user_id, seq);
+"""
+
+
+def test_an_sqlite_file_from_before_payloads_is_migrated_at_open_and_keeps_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    exposure = Exposure("exp", "control", "3", "req-old", 11, [5, 6], time.time(), 1.0, False)
+    packed = legacy_exposure(exposure)
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_SCHEMA)
+        connection.executemany("INSERT INTO events (event_id, user_id, item_id, type, value, timestamp, request_id, received_at)"
+                               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               [(packed.event_id, 11, 5, "exposure", 2.0, packed.timestamp, "req-old", packed.timestamp),
+                                ("c1", 11, 5, "click", None, packed.timestamp, "req-old", packed.timestamp)])  # fmt: skip
+    for _ in range(2):  # the second open finds the column and changes nothing
+        store = store_for(f"sqlite:///{path}")
+        assert [(e.event_id, e.payload) for e in store.read()][:2] == [(packed.event_id, None), ("c1", None)]
+        store.close()
+    store = store_for(f"sqlite:///{path}")
+    assert store.append([with_payload(event(3), '{"k":1}')]).stored[0].seq == 3
+    assert store.count() == 3 and store.read(after=2)[0].payload == '{"k":1}'
+    definition = ExperimentDefinition("exp", {"control": "alias:champion", "treatment": "alias:challenger"},
+                                      {"control": 0.5, "treatment": 0.5}, start_time=0.0)  # fmt: skip
+    exposures, _ = EventStoreRecords(store).read(definition)
+    assert exposures[["request_id", "item_id", "rank"]].values.tolist() == [["req-old", 5, 1], ["req-old", 6, 2]]
+    store.close()
+    with sqlite3.connect(path) as connection:
+        assert "payload" in {row[1] for row in connection.execute("PRAGMA table_info(events)")}

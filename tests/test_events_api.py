@@ -79,7 +79,8 @@ def test_events_change_the_next_recommendations_and_land_validated(service: dict
     rated = ids(new_before)[:2]
     batch = [
         {"event_id": "k1", "user_id": KNOWN_USER, "item_id": clicked, "type": "click", "request_id": "req-1"},
-        {"event_id": "k2", "user_id": KNOWN_USER, "item_id": ids(known_before)[1], "type": "impression", "request_id": "req-1"},
+        {"event_id": "k2", "user_id": KNOWN_USER, "item_id": ids(known_before)[1], "type": "impression", "request_id": "req-1",
+         "payload": {"slot": "home", "position": 2, "tags": ["a", "é"]}},
         {"event_id": "k3", "user_id": KNOWN_USER, "item_id": ids(known_before)[2], "type": "click", "timestamp": TRAINED_UNTIL - 10},
         {"event_id": "n1", "user_id": NEW_USER, "item_id": rated[0], "type": "rating", "value": 5, "timestamp": started - 5},
         {"event_id": "n2", "user_id": NEW_USER, "item_id": rated[1], "type": "purchase"},
@@ -109,6 +110,8 @@ def test_events_change_the_next_recommendations_and_land_validated(service: dict
     assert landed.set_index("event_id")["rating"].to_dict() == pytest.approx(
         {"k1": 4.0, "k2": np.nan, "k3": 4.0, "n1": 5.0, "n2": 5.0}, nan_ok=True)
     assert landed.set_index("event_id").loc["k2", "request_id"] == "req-1"
+    assert json.loads(landed.set_index("event_id").loc["k2", "payload"]) == {"slot": "home", "position": 2, "tags": ["a", "é"]}
+    assert landed.set_index("event_id")["payload"].isna().sum() == 4
     outcome = validate_ratings(combine_rating_sources({"events": events_to_ratings(landed)}), service["items"], RatingRules())
     assert len(outcome.rejected) == 0 and len(outcome.valid) == 4 and outcome.report.schema_ok
 
@@ -130,6 +133,10 @@ def good(**changes) -> dict:
         ({"events": [good(timestamp=time.time() + 3600)]}, WRITER, 422, "events[0].timestamp"),
         ({"events": [good(type="like")]}, WRITER, 422, "events[0].type"),
         ({"events": [good(colour="red")]}, WRITER, 422, "events[0].colour"),
+        ({"events": [good(), good(event_id="bad-2", payload=[1, 2])]}, WRITER, 422, "events[1].payload: Input should be an object"),
+        ({"events": [good(payload={"note": "x" * 5000})]}, WRITER, 422, "events[0].payload: 5011 bytes as compact JSON; the limit is 4096"),
+        ('{"events": [{"event_id": "bad-1", "user_id": 5, "item_id": 3, "type": "click", "payload": {"x": NaN}}]}', WRITER, 422,
+         "events[0].payload: numbers must be finite"),
         ({"events": [good(event_id=f"bad-{i}") for i in range(51)]}, WRITER, 413, "limit is 50"),
         ({"events": [good(request_id="x" * 2_000_000)]}, WRITER, 413, "larger than 1048576 bytes"),
         ("not json", WRITER, 422, "Invalid JSON"),

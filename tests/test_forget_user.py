@@ -4,6 +4,7 @@ after a hot reload to the old bundle); the retrain holds nothing of theirs, and 
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dagster import (
     load_assets_from_modules,
     materialize,
 )
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from recsys_core.events import Event, open_store
@@ -29,7 +31,8 @@ from recsys_core.privacy import Tombstones, forget_user
 from recsys_core.serving.app import create_app
 from recsys_core.serving.auth import ApiKeys, hash_key
 from recsys_core.serving.events_api import LiveEvents
-from recsys_core.serving.reload import DirectorySource, ModelHolder, ServedModel, load_validated
+from recsys_core.serving.privacy_api import ForgottenUsers, poll_tombstones
+from recsys_core.serving.reload import DirectorySource, ModelHolder, Reloader, ServedModel, load_validated
 from recsys_core.synthetic import generate_synthetic
 from recsys_dagster.assets import export, ingestion, split, training, validation
 from recsys_dagster.checks import no_forgotten_users
@@ -161,26 +164,86 @@ def test_forget_user_end_to_end(tmp_path: Path) -> None:
     live.store.close()
 
 
-def test_cli_forget_reaches_a_running_service_at_its_next_reload_and_the_audit_log_is_append_only(tmp_path: Path) -> None:
+@pytest.fixture
+def tombstone_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread of every read of the tombstone file."""
+    reads: list[str] = []
+    users = Tombstones.users
+
+    def counted(self: Tombstones) -> frozenset[int]:
+        reads.append(threading.current_thread().name)
+        return users(self)
+
+    monkeypatch.setattr(Tombstones, "users", counted)
+    return reads
+
+
+def keyed_service(tmp_path: Path, interval_s: float) -> tuple[FastAPI, Reloader, list[int]]:
+    """A service on a fresh bundle, polling it every `interval_s`; two of the bundle's users."""
     model = export_model(tmp_path, 1)
-    holder = ModelHolder(load_validated(DirectorySource(model), "first", "cpu"))
-    client = TestClient(create_app(holder))  # no keys: the admin endpoint refuses everyone
-    known = int(random_ratings(N_USERS, N_ITEMS, per_user=10, seed=1)["user_id"].iloc[0])
-    assert client.delete(f"/admin/users/{known}").status_code == 401
+    source = DirectorySource(model)
+    holder = ModelHolder(load_validated(source, source.current_token(), "cpu"))
+    reloader = Reloader(holder, source, interval_s, "cpu")
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [{"name": "ops", "sha256": hash_key(ADMIN), "scopes": ["admin"]}]}))
+    users = sorted({int(u) for u in random_ratings(N_USERS, N_ITEMS, per_user=10, seed=1)["user_id"]})
+    return create_app(holder, reloader, keys=ApiKeys.from_file(tmp_path / "keys.json")), reloader, users[:3]
+
+
+def source_of(client: TestClient, user: int) -> str:
+    return client.get(f"/recommendations/{user}").json()["source"]
+
+
+def test_requests_never_read_tombstones_a_cli_forget_applies_at_the_next_poll_and_the_endpoint_at_once(
+    tmp_path: Path, tombstone_reads: list[str]
+) -> None:
+    app, reloader, (by_cli, by_endpoint, kept) = keyed_service(tmp_path, interval_s=3600.0)  # polled by hand: `tick`
     url = f"sqlite:///{tmp_path / 'events.sqlite'}"
     store = open_store(url)
-    store.append([Event("k-1", known, 1, "click", 1e9), Event("k-2", known + 1, 1, "click", 1e9)])
-    assert main(["forget-user", str(known), "--event-store", url]) == 0
-    assert main(["forget-user", "--", "-1"]) == 2
-    assert [e.user_id for e in store.read()] == [known + 1]
-    assert client.get(f"/recommendations/{known}").json()["source"] == "model"  # read again within refresh_s or on reload
-    holder.swap(load_validated(DirectorySource(model), "reloaded", "cpu"))
-    assert client.get(f"/recommendations/{known}").json()["source"] == "popularity"
-    (record,) = Tombstones().audit()
-    assert record.actor.startswith("cli:") and record.removed == {"event_store_events": 1}
+    store.append([Event("k-1", by_cli, 1, "click", 1e9), Event("k-2", kept, 1, "click", 1e9)])
+    with TestClient(app) as client:
+        assert tombstone_reads == ["MainThread"]  # once, at start
+        assert main(["forget-user", str(by_cli), "--event-store", url]) == 0
+        assert main(["forget-user", "--", "-1"]) == 2
+        assert [e.user_id for e in store.read()] == [kept]
+        assert [source_of(client, by_cli) for _ in range(5)] == ["model"] * 5  # no request re-reads the file
+        assert tombstone_reads == ["MainThread"]
+        reloader.poller.tick()  # one poll: the model source checked (unchanged), then the tombstones read
+        assert tombstone_reads == ["MainThread", "MainThread"] and source_of(client, by_cli) == "popularity"
+
+        assert client.delete(f"/admin/users/{by_endpoint}", headers={"X-API-Key": ADMIN}).status_code == 200
+        assert source_of(client, by_endpoint) == "popularity" and source_of(client, kept) == "model"  # at once, no poll
+        assert len(tombstone_reads) == 2
+    (record, _) = Tombstones().audit()
+    assert record.actor.startswith("cli:") and record.user_id == by_cli and record.removed == {"event_store_events": 1}
     with sqlite3.connect(Tombstones().path) as connection, pytest.raises(sqlite3.IntegrityError, match="append-only"):
         connection.execute("DELETE FROM audit")
     store.close()
+
+
+def test_the_reloader_thread_reads_the_tombstones_so_a_cli_forget_reaches_a_running_service(
+    tmp_path: Path, tombstone_reads: list[str]
+) -> None:
+    app, _, (user, _, kept) = keyed_service(tmp_path, interval_s=0.05)
+    with TestClient(app) as client:
+        assert source_of(client, user) == "model"
+        forget_user(user, "cli:test", Tombstones())  # what `recsys forget-user` does beside the service
+        deadline = time.monotonic() + 60.0  # generous: the machine may be loaded; one poll is 0.05 s
+        while source_of(client, user) != "popularity":
+            assert time.monotonic() < deadline, "the forget never reached the service"
+            time.sleep(0.05)
+        assert source_of(client, kept) == "model"
+    assert tombstone_reads[0] == "MainThread" and set(tombstone_reads[1:]) == {"recsys-model-reloader"}
+
+
+def test_without_a_polling_reloader_the_tombstones_get_a_poller_of_their_own(tmp_path: Path) -> None:
+    model = export_model(tmp_path, 1)
+    holder = ModelHolder(load_validated(DirectorySource(model), "first", "cpu"))
+    forgotten = ForgottenUsers(Tombstones(), holder, refresh_s=7.0)
+    for reloader in (None, Reloader(holder, DirectorySource(model), 0.0, "cpu")):  # none, or reload off
+        own = poll_tombstones(forgotten, reloader)
+        assert own is not None and own.works == (forgotten.refresh,) and own.interval_s == 7.0
+    polling = Reloader(holder, DirectorySource(model), 5.0, "cpu")
+    assert poll_tombstones(forgotten, polling) is None and polling.poller.works == (polling.check_once, forgotten.refresh)
 
 
 def test_a_forget_requests_one_retrain_per_batch_of_forgets() -> None:

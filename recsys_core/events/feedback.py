@@ -20,7 +20,7 @@ from recsys_core.schema import RATING_DTYPES
 
 WINDOW_S = 3600  # landed event windows are UTC hours
 WINDOW_FORMAT = "%Y-%m-%d-%H:00"
-EVENT_COLUMNS = ["seq", "event_id", "user_id", "item_id", "type", "value", "timestamp", "request_id", "received_at"]
+EVENT_COLUMNS = ["seq", "event_id", "user_id", "item_id", "type", "value", "timestamp", "request_id", "received_at", "payload"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def events_frame(events: list[Event], mapping: EventMapping) -> pd.DataFrame:
     frame["rating"] = [np.nan if (r := mapping.rating(e.type, e.value)) is None else r for e in events]
     return frame.astype({"seq": "int64", "user_id": "int64", "item_id": "int64", "value": "float64", "timestamp": "float64",
                          "received_at": "float64", "event_id": "string", "type": "string", "request_id": "string",
-                         "rating": "float64"})  # fmt: skip
+                         "payload": "string", "rating": "float64"})  # fmt: skip
 
 
 def events_to_ratings(frame: pd.DataFrame) -> pd.DataFrame:

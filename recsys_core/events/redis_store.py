@@ -4,6 +4,10 @@ One Lua script appends a batch atomically: for each event not yet in the `ids` h
 and (for history types) RPUSH + LTRIM the user's list. Stream ids (`<ms>-<n>`) are strictly increasing, so they are the
 cursor (`seq = ms << 20 | n`) and the ms part is the monotonic server `received_at`.
 
+A stream entry holds the event's columns as one compact JSON list (field `e`) and, when it has one, its payload
+(field `payload`); entries written before payloads existed simply lack the field. A history row is
+`<stream id> <e>[<LF><payload>]`: `e` (JSON) never holds a raw newline, so the first one splits.
+
 Durability is the server's AOF setting: `appendfsync always` fsyncs before a write is acknowledged, so an acknowledged
 event survives a killed `redis-server` and a power cut; `everysec` also survives a killed process (the AOF write happens
 before the reply) but may lose up to about a second of acknowledged events on a power cut or OS crash. Run Redis with
@@ -25,13 +29,20 @@ PAGE = 10_000
 APPEND = """
 local stream, ids, prefix, cap = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local out = {}
-for i = 3, #ARGV, 4 do
-  local event_id, user, payload, in_history = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+for i = 3, #ARGV, 5 do
+  local event_id, user, columns, payload, in_history = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if redis.call('HSETNX', ids, event_id, '') == 1 then
-    local id = redis.call('XADD', stream, '*', 'e', payload)
+    local id, row
+    if payload == '' then
+      id = redis.call('XADD', stream, '*', 'e', columns)
+      row = id .. ' ' .. columns
+    else
+      id = redis.call('XADD', stream, '*', 'e', columns, 'payload', payload)
+      row = id .. ' ' .. columns .. '\\n' .. payload
+    end
     redis.call('HSET', ids, event_id, id)
     if in_history == '1' then
-      redis.call('RPUSH', prefix .. user, id .. ' ' .. payload)
+      redis.call('RPUSH', prefix .. user, row)
       redis.call('LTRIM', prefix .. user, -cap, -1)
     end
     out[#out + 1] = id
@@ -52,7 +63,7 @@ def _stream_id(seq: int) -> str:
     return f"{seq >> SEQ_BITS}-{seq & ((1 << SEQ_BITS) - 1)}"
 
 
-def _payload(e: Event) -> str:
+def _columns(e: Event) -> str:
     return json.dumps([e.event_id, e.user_id, e.item_id, e.type, e.timestamp, e.value, e.request_id], separators=(",", ":"))
 
 
@@ -61,8 +72,18 @@ def _stamped(event: Event, stream_id: str) -> Event:
     return dataclasses.replace(event, received_at=(seq >> SEQ_BITS) / 1000.0, seq=seq)
 
 
-def _event(stream_id: str, payload: str) -> Event:
-    return _stamped(Event(*json.loads(payload)), stream_id)
+def _event(stream_id: str, columns: str, payload: str | None = None) -> Event:
+    return _stamped(Event(*json.loads(columns), payload=payload), stream_id)
+
+
+def _entry_event(stream_id: str, fields: dict[str, str]) -> Event:
+    return _event(stream_id, fields["e"], fields.get("payload"))
+
+
+def _history_event(row: str) -> Event:
+    stream_id, rest = row.split(" ", 1)
+    columns, newline, payload = rest.partition("\n")
+    return _event(stream_id, columns, payload if newline else None)
 
 
 class RedisEventStore(EventStore):
@@ -79,26 +100,26 @@ class RedisEventStore(EventStore):
             return AppendResult([], 0)
         argv: list[str | int] = [f"{self.prefix}:history:", self.history_cap]
         for e in events:
-            argv += [e.event_id, e.user_id, _payload(e), "1" if e.type in self.history_types else "0"]
+            argv += [e.event_id, e.user_id, _columns(e), e.payload or "", "1" if e.type in self.history_types else "0"]
         ids = self._append(keys=[self.prefix, f"{self.prefix}:ids"], args=argv)
         stored = [_stamped(e, stream_id) for stream_id, e in zip(ids, events) if stream_id]
         return AppendResult(stored, len(events) - len(stored))
 
     def read(self, after: int = 0, limit: int = PAGE) -> list[Event]:
         entries = self.client.xrange(self.prefix, min=f"({_stream_id(after)}", max="+", count=limit)
-        return [_event(stream_id, fields["e"]) for stream_id, fields in entries]
+        return [_entry_event(stream_id, fields) for stream_id, fields in entries]
 
     def read_received(self, start: float, end: float) -> list[Event]:
         events: list[Event] = []
         low, high = f"{int(-(-start * 1000 // 1))}-0", f"({int(-(-end * 1000 // 1))}-0"
         while entries := self.client.xrange(self.prefix, min=low, max=high, count=PAGE):
-            events += [_event(stream_id, fields["e"]) for stream_id, fields in entries]
+            events += [_entry_event(stream_id, fields) for stream_id, fields in entries]
             low = f"({entries[-1][0]}"
         return events
 
     def history(self, user_id: int, since: float = 0.0, limit: int | None = None) -> list[Event]:
         rows = self.client.lrange(f"{self.prefix}:history:{user_id}", -self.history_cap, -1)
-        return self._recent([_event(*row.split(" ", 1)) for row in rows], since, limit)
+        return self._recent([_history_event(row) for row in rows], since, limit)
 
     def forget_user(self, user_id: int) -> int:
         """Pages through the stream (a Lua scan would block Redis for the whole log), then deletes the user's entries,

@@ -2,16 +2,21 @@
 
 A batch is judged as a whole: one bad event rejects the batch with every problem named by index and field, so a
 client can fix and resend it, and the store never holds half a batch. Idempotency is the client's `event_id`.
+
+An event may carry a `payload`: a JSON object of at most `EventRules.max_payload_bytes` (UTF-8, compact), for what
+has no column of its own (an exposure's arm and shown items, a client's context). It is stored as given, as compact
+JSON text, and read back unchanged; it never decides validity, ordering or idempotency.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 MAX_ID = 2**62
 
@@ -29,6 +34,7 @@ class Event:
     request_id: str | None = None
     received_at: float = 0.0
     seq: int = 0
+    payload: str | None = None  # compact JSON text of an object; see `payload_text`
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class EventRules:
     max_batch: int = 1000
     max_clock_skew_s: float = 300.0  # timestamps further in the future are refused
     min_timestamp: float = 631_152_000.0  # 1990-01-01, as for every other rating source
+    max_payload_bytes: int = 4096  # an exposure's payload of 100 items: 0.6 KB (4-digit ids) to 2.1 KB (19-digit)
 
 
 class EventIn(BaseModel):
@@ -56,6 +63,7 @@ class EventIn(BaseModel):
     value: float | None = Field(default=None, allow_inf_nan=False, description="the rating, for `rating` events")
     timestamp: float | None = Field(default=None, allow_inf_nan=False, description="unix seconds; default: server time")
     request_id: str | None = Field(default=None, max_length=128, description="the recommendation response it answers")
+    payload: dict[str, JsonValue] | None = Field(default=None, description="free-form context, a JSON object of at most 4 KB")
 
 
 class EventBatchIn(BaseModel):
@@ -69,7 +77,7 @@ class BatchError(Exception):
     """A refused batch: HTTP-like status and one message per problem (`events[3].item_id: ...`)."""
 
     status: int
-    reason: str  # a metric label: schema, too_many, unknown_type, unknown_item, value, timestamp
+    reason: str  # a metric label: schema, too_many, unknown_type, unknown_item, value, timestamp, payload
     problems: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -81,6 +89,18 @@ def _location(loc: Sequence[str | int]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "body"
+
+
+def payload_text(payload: dict[str, JsonValue], max_bytes: int) -> str:
+    """The compact JSON text a payload is stored as; ValueError says why it cannot be (not finite, too large)."""
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("numbers must be finite (no NaN or Infinity)") from None
+    size = len(text.encode())
+    if size > max_bytes:
+        raise ValueError(f"{size} bytes as compact JSON; the limit is {max_bytes}")
+    return text
 
 
 def parse_batch(
@@ -103,8 +123,15 @@ def parse_batch(
     def problem(reason: str, text: str) -> None:
         problems.setdefault(reason, []).append(text)
 
+    payloads: list[str | None] = []
     for i, event in enumerate(batch.events):
         where = f"events[{i}]"
+        payloads.append(None)
+        if event.payload is not None:
+            try:
+                payloads[i] = payload_text(event.payload, rules.max_payload_bytes)
+            except ValueError as error:
+                problem("payload", f"{where}.payload: {error}")
         if event.type not in rules.types:
             problem("unknown_type", f"{where}.type: {event.type!r} is not one of {list(rules.types)}")
         if event.type in rules.rated_types:
@@ -123,6 +150,7 @@ def parse_batch(
     if problems:
         raise BatchError(422, next(iter(problems)), [text for texts in problems.values() for text in texts])
     return [
-        Event(e.event_id, e.user_id, e.item_id, e.type, now if e.timestamp is None else e.timestamp, e.value, e.request_id)
-        for e in batch.events
+        Event(e.event_id, e.user_id, e.item_id, e.type, now if e.timestamp is None else e.timestamp, e.value, e.request_id,
+              payload=payload)
+        for e, payload in zip(batch.events, payloads)
     ]

@@ -4,10 +4,15 @@ Durability: WAL with `synchronous=FULL` (the default here) fsyncs the log at eve
 survives a killed process and a power cut; `NORMAL` survives a killed process (SIGKILL) but may lose the last commits
 on a power cut or OS crash, in exchange for fewer fsyncs. Writers are serialised by SQLite's write lock
 (`BEGIN IMMEDIATE`), which is what makes `seq` (the rowid) follow commit order: a cursor never skips an event.
+
+Schema changes migrate at open, in place and without touching rows: a file written before events had a `payload`
+gets the column (NULL for its old rows), so upgrading the service never needs a rebuild of the log.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sqlite3
 import threading
 import time
@@ -16,7 +21,9 @@ from pathlib import Path
 from recsys_core.events.schema import Event
 from recsys_core.events.store import DEFAULT_HISTORY_TYPES, AppendResult, EventStore
 
-COLUMNS = "seq, event_id, user_id, item_id, type, value, timestamp, request_id, received_at"
+log = logging.getLogger(__name__)
+
+COLUMNS = "seq, event_id, user_id, item_id, type, value, timestamp, request_id, received_at, payload"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -27,7 +34,8 @@ CREATE TABLE IF NOT EXISTS events (
     value REAL,
     timestamp REAL NOT NULL,
     request_id TEXT,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    payload TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
 CREATE INDEX IF NOT EXISTS events_by_received ON events (received_at);
@@ -36,8 +44,31 @@ CREATE INDEX IF NOT EXISTS events_by_user_type ON events (user_id, type, seq);
 
 
 def _event(row: tuple) -> Event:
-    seq, event_id, user_id, item_id, type_, value, timestamp, request_id, received_at = row
-    return Event(event_id, user_id, item_id, type_, timestamp, value, request_id, received_at, seq)
+    seq, event_id, user_id, item_id, type_, value, timestamp, request_id, received_at, payload = row
+    return Event(event_id, user_id, item_id, type_, timestamp, value, request_id, received_at, seq, payload)
+
+
+def _columns(connection: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in connection.execute("PRAGMA table_info(events)")}
+
+
+def migrate(connection: sqlite3.Connection) -> list[str]:
+    """Brings an events table written by an older version up to `SCHEMA` (adding a column keeps every row and costs
+    no rewrite). Checked again under the write lock, so two processes opening one old file do not both alter it; an
+    up-to-date file takes no lock. -> what changed."""
+    if "payload" in _columns(connection):
+        return []
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        changed = []
+        if "payload" not in _columns(connection):
+            connection.execute("ALTER TABLE events ADD COLUMN payload TEXT")
+            changed.append("added events.payload")
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return changed
 
 
 class SqliteEventStore(EventStore):
@@ -56,6 +87,8 @@ class SqliteEventStore(EventStore):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._connection().executescript(SCHEMA)
+        for change in migrate(self._connection()):
+            log.warning("event store %s: migrated (%s)", self.path, change)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -77,13 +110,12 @@ class SqliteEventStore(EventStore):
             received_at = max(time.time(), last[0] if last else 0.0)  # monotonic even if the wall clock steps back
             for e in events:
                 cursor = connection.execute(
-                    "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, value, timestamp, request_id, received_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (e.event_id, e.user_id, e.item_id, e.type, e.value, e.timestamp, e.request_id, received_at),
+                    "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, value, timestamp, request_id, received_at,"
+                    " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.event_id, e.user_id, e.item_id, e.type, e.value, e.timestamp, e.request_id, received_at, e.payload),
                 )
                 if cursor.rowcount:
-                    stored.append(Event(e.event_id, e.user_id, e.item_id, e.type, e.timestamp, e.value, e.request_id,
-                                        received_at, int(cursor.lastrowid)))  # fmt: skip
+                    stored.append(dataclasses.replace(e, received_at=received_at, seq=int(cursor.lastrowid)))
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")

@@ -31,7 +31,7 @@ from recsys_core.serving.arms import ExperimentArms, Routed
 from recsys_core.serving.auth import ApiKeys
 from recsys_core.serving.events_api import LiveEvents, events_router
 from recsys_core.serving.experiments_api import experiments_router
-from recsys_core.serving.privacy_api import ForgottenUsers, privacy_router
+from recsys_core.serving.privacy_api import ForgottenUsers, poll_tombstones, privacy_router
 from recsys_core.serving.ratelimit import RateLimitCollector
 from recsys_core.serving.reload import ModelHolder, Reloader, ServedModel
 from recsys_core.serving.scorer import OnnxScorer, Recommendations
@@ -198,11 +198,11 @@ def create_app(
     every experiment."""
 
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
-        for component in (reloader, experiments):
+        for component in (reloader, tombstone_poller, experiments):
             if component is not None:
                 component.start()
         yield
-        for component in (reloader, experiments):
+        for component in (reloader, tombstone_poller, experiments):
             if component is not None:
                 component.stop()  # experiments: flushes every queued exposure into the store
 
@@ -228,6 +228,7 @@ def create_app(
     if live is not None:
         app.include_router(events_router(holder, live, keys, registry))
     forgotten = ForgottenUsers(tombstones or Tombstones(), holder)
+    tombstone_poller = poll_tombstones(forgotten, reloader)  # requests never read the file
     app.include_router(privacy_router(forgotten, keys, live.store if live is not None else None))
     if experiments is not None:
         registry.register(experiments.exposures)

@@ -1,15 +1,17 @@
 """`DELETE /admin/users/{user_id}` (scope `admin`): forget a user now, and the tombstones every request honours.
 
 The served bundle may still hold the user (until the next retrain): the service answers them as it answers a
-stranger (popular items, no stored history, no live events). Tombstones are read at start, after every model swap
-(a hot reload to an older bundle still containing the user keeps honouring them) and every `refresh_s` seconds (a
-`recsys forget-user` run beside the service); a forget through this endpoint applies at once.
+stranger (popular items, no stored history, no live events). Requests only look the user up in a set held in
+memory; the tombstone file is read at start and then on the model reloader's poll thread, right after each check of
+the model source (so after every swap too), which picks up a `recsys forget-user` run beside the service within one
+poll interval. Without a polling reloader, a poller of its own reads it every `refresh_s`. A forget through this
+endpoint applies at once.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
@@ -19,7 +21,9 @@ from recsys_core.privacy import Tombstones, forget_user
 from recsys_core.schema import MAX_ID
 from recsys_core.serving.auth import ApiKeys
 from recsys_core.serving.errors import KEYED_RESPONSES
-from recsys_core.serving.reload import ModelHolder
+from recsys_core.serving.reload import ModelHolder, Poller, Reloader
+
+log = logging.getLogger(__name__)
 
 
 class ForgetResponse(BaseModel):
@@ -31,25 +35,36 @@ class ForgetResponse(BaseModel):
 
 
 class ForgottenUsers:
-    """The tombstoned user ids, cached; `contains` re-reads them when the served model changed or `refresh_s` passed."""
+    """The tombstoned user ids, held in memory: `contains` (the request path) never reads the file, `refresh` does."""
 
     def __init__(self, tombstones: Tombstones, holder: ModelHolder, refresh_s: float = 10.0) -> None:
         self.tombstones, self.holder, self.refresh_s = tombstones, holder, refresh_s
         self._lock = threading.Lock()
-        self._refresh()
+        self._users = tombstones.users()  # at start an unreadable file fails the service: it must not serve the forgotten
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Re-reads the tombstones; when the file cannot be read now, keeps the ones held and tries at the next poll."""
         with self._lock:  # read under the lock, so an `add` never lands between a read and its assignment
-            self._token, self._users, self._read_at = self.holder.current.token, self.tombstones.users(), time.monotonic()
+            try:
+                self._users = self.tombstones.users()
+            except Exception:
+                log.exception("tombstones %s not readable; keeping the %d held", self.tombstones.path, len(self._users))
 
     def contains(self, user_id: int | None) -> bool:
-        if self._token != self.holder.current.token or time.monotonic() - self._read_at > self.refresh_s:
-            self._refresh()
         return user_id is not None and user_id in self._users
 
     def add(self, user_id: int) -> None:
         with self._lock:
             self._users = self._users | {user_id}
+
+
+def poll_tombstones(forgotten: ForgottenUsers, reloader: Reloader | None) -> Poller | None:
+    """Puts `forgotten.refresh` on the reloader's poller when it polls; else -> a poller of its own (every
+    `refresh_s`), for the caller to start and stop with the service."""
+    if reloader is not None and reloader.poller.interval_s > 0:
+        reloader.poller.add(forgotten.refresh)
+        return None
+    return Poller(forgotten.refresh, forgotten.refresh_s, "recsys-tombstones")
 
 
 def privacy_router(forgotten: ForgottenUsers, keys: ApiKeys, store: EventStore | None) -> APIRouter:

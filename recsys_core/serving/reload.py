@@ -155,7 +155,8 @@ def load_validated(source: ModelSource, token: str, providers: str | list[str], 
 
 
 class Reloader:
-    """Polls `source` every `interval_s` seconds on a daemon thread; `check_once` is the unit of work."""
+    """Polls `source` every `interval_s` seconds on a daemon thread; `check_once` is the unit of work. Other periodic
+    serving work (the tombstone refresh) rides the same `poller`, after `check_once`."""
 
     def __init__(
         self, holder: ModelHolder, source: ModelSource, interval_s: float, providers: str | list[str] = "auto", threads: int = 0
@@ -163,7 +164,7 @@ class Reloader:
         self.holder, self.source, self.interval_s = holder, source, interval_s
         self.providers, self.threads = providers, threads
         self._refused_tokens: set[str] = set()
-        self._poller = Poller(self.check_once, interval_s, "recsys-model-reloader")
+        self.poller = Poller(self.check_once, interval_s, "recsys-model-reloader")
 
     def check_once(self) -> str:
         """-> "unchanged", "swapped" or "refused"."""
@@ -192,23 +193,35 @@ class Reloader:
         return "swapped"
 
     def start(self) -> None:
-        self._poller.start()
+        self.poller.start()
 
     def stop(self) -> None:
-        self._poller.stop()
+        self.poller.stop()
 
 
 class Poller:
-    """Calls `work` every `interval_s` seconds on a daemon thread (0 = never) until stopped."""
+    """Calls each of its works in turn every `interval_s` seconds on one daemon thread (0 = never) until stopped.
+
+    Works catch their own errors (an escaping one would end the thread); `add` lets a component ride an existing
+    poller instead of starting a thread of its own."""
 
     def __init__(self, work: Callable[[], object], interval_s: float, name: str) -> None:
-        self.work, self.interval_s, self.name = work, interval_s, name
+        self.works: tuple[Callable[[], object], ...] = (work,)
+        self.interval_s, self.name = interval_s, name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def add(self, work: Callable[[], object]) -> None:
+        """Runs `work` after the works already there, from the next tick on."""
+        self.works = (*self.works, work)
+
+    def tick(self) -> None:
+        for work in self.works:
+            work()
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.work()
+            self.tick()
 
     def start(self) -> None:
         if self.interval_s > 0 and self._thread is None:
