@@ -23,11 +23,12 @@ from scipy import sparse
 from recsys_core.schema import ITEM_ID, RATING, USER_ID, IdIndex
 
 MAX_STEPS_PER_EPOCH = 1_000
-# Every Adam step of `BiasedMF` reads and writes all its parameters, so a fit costs about steps x parameters. At most
-# this many: 40 epochs x 1,000 steps x the 1.54M parameters of the 1M synthetic run (ml-25m shape); above, fewer and
-# larger steps per epoch (never under `MIN_STEPS_PER_EPOCH`). Bounds time, not chosen for quality.
-MAX_PARAMETER_STEPS = 6.2e10
-MIN_STEPS_PER_EPOCH = 50
+# Every Adam step of `BiasedMF` reads and writes all its parameters, so a fit costs about steps x parameters (about
+# 4.5 s per 1e9 on one core of this machine). At most this many: 40 epochs x 1,000 steps up to 0.5M parameters (about
+# 300k ratings at ml-25m shape; the 1M synthetic run gets 325 steps); above, fewer and larger steps per epoch (never
+# under `MIN_STEPS_PER_EPOCH`). Bounds time, not chosen for quality.
+MAX_PARAMETER_STEPS = 2e10
+MIN_STEPS_PER_EPOCH = 25
 # ALS (ours and `implicit`'s) visits every training rating twice per iteration: at most this many iterations x
 # ratings per fit (15 iterations up to 1M training ratings). Bounds time, not chosen for quality.
 MAX_ALS_RATING_ITERATIONS = 15_000_000
