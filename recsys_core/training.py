@@ -77,7 +77,7 @@ class TrainConfig:
     they bound time, they were not chosen for quality): an epoch trains a seeded sample of at most `epoch_users`
     users (an example is a user), early stopping ranks a seeded sample of at most `validation_users` validation
     users, and the whole fit stops before an epoch that would end past `time_budget_minutes` (0: no budget), with
-    the cosine schedule resized to the epochs that fit once the first epoch has been timed.
+    the cosine schedule re-sized after every epoch to the epochs that still fit at that epoch's pace.
     """
 
     dim: int = 64
@@ -405,7 +405,7 @@ class HybridTrainer:
 
     def fit_schedule(self, epochs: int) -> None:
         """Ends the cosine decay after `epochs` epochs instead of `config.epochs` (the recursive form continues from
-        the current rate, so the rate stays continuous and reaches its floor when the budget runs out)."""
+        the current rate, so the rate stays continuous, never rises, and reaches its floor when the budget ends)."""
         if self.scheduler is not None:
             self.scheduler.T_max = epochs * self.steps_per_epoch
 
@@ -542,16 +542,15 @@ def train_hybrid(
 
 
 def _over_budget(trainer: HybridTrainer, cost: TrainCost, remaining: float) -> bool:
-    """After the first epoch, resizes the cosine schedule to the epochs the remaining budget holds at that epoch's
-    pace (when fewer than planned); after any epoch, True when the next one would end past the budget. Under DDP
-    the ranks decide on their mean clock, so all stop after the same epoch."""
-    remaining, pace = all_reduce_mean(np.array([remaining, max(cost.epoch_seconds)]))
-    if cost.epochs_run == 1:
-        fits = cost.epochs_run + int(remaining // pace)
-        if fits < cost.planned_epochs:
-            cost.planned_epochs = max(fits, 1)
-            trainer.fit_schedule(cost.planned_epochs)
-    if remaining < pace:
+    """After each epoch, re-sizes the cosine schedule to the epochs the remaining budget holds at the last epoch's
+    pace (never beyond `config.epochs`); True when not one more fits. Under DDP the ranks decide on their mean clock,
+    so all stop after the same epoch."""
+    remaining, pace = all_reduce_mean(np.array([remaining, cost.epoch_seconds[-1]]))
+    fits = min(trainer.config.epochs, cost.epochs_run + max(int(remaining // pace), 0))
+    if fits != cost.planned_epochs:
+        cost.planned_epochs = fits
+        trainer.fit_schedule(max(fits, 1))
+    if fits <= cost.epochs_run:
         cost.budget_bit = True
         return True
     return False

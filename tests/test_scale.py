@@ -173,3 +173,21 @@ def test_baseline_fit_caps_bite_only_on_large_data(monkeypatch: pytest.MonkeyPat
     assert capped[0].iterations_run == classic.MIN_ALS_ITERATIONS and capped[1].steps_per_epoch == 1
     assert ev.baseline_fit_costs({"implicit_als": capped[0], "biased_mf": capped[1], "most_popular": MostPopular()}) == {
         "implicit_als": "3 of 4 iterations", "biased_mf": "2 epochs x 1 steps"}
+
+
+def test_budget_resizes_the_cosine_to_the_epochs_that_fit() -> None:
+    from recsys_core.training import TrainCost, _over_budget
+
+    ratings, items = generate_synthetic(n_users=60, n_items=80, n_ratings=1_500, seed=5)
+    trainer = HybridTrainer(ratings, items, None, TrainConfig(epochs=10, **TINY))
+    cost = TrainCost(users=60, epoch_users=60, validation_users=0, validation_users_total=0, budget_seconds=60.0,
+                     epochs_run=1, epoch_seconds=[20.0], planned_epochs=10)  # fmt: skip
+    assert not _over_budget(trainer, cost, remaining=35.0)  # one epoch done, room for one more at 20 s
+    assert cost.planned_epochs == 2 and trainer.scheduler.T_max == 2 * trainer.steps_per_epoch
+    cost.epochs_run, cost.epoch_seconds = 2, [20.0, 10.0]
+    assert not _over_budget(trainer, cost, remaining=25.0) and cost.planned_epochs == 4  # faster epochs: two more
+    cost.epochs_run, cost.epoch_seconds = 4, [20.0, 10.0, 10.0, 10.0]
+    assert _over_budget(trainer, cost, remaining=5.0) and cost.budget_bit and cost.planned_epochs == 4
+    cost = TrainCost(users=60, epoch_users=60, validation_users=0, validation_users_total=0, budget_seconds=60.0,
+                     epochs_run=1, epoch_seconds=[0.1], planned_epochs=10)  # fmt: skip
+    assert not _over_budget(trainer, cost, remaining=50.0) and cost.planned_epochs == 10  # ample: never past config.epochs
