@@ -76,6 +76,18 @@ def fit_baselines(train: pd.DataFrame, items: pd.DataFrame | None, seed: int = 4
     return {model.name: model(seed=seed).fit(train, items) for model in models if model.name not in skipped}
 
 
+def baseline_fit_costs(models: dict[str, FittedModel]) -> dict[str, str]:
+    """What each capped baseline's fit ran, beside its setting (the caps bite above about 1M training ratings):
+    iterations for ALS and BPR, steps per epoch for biased MF."""
+    costs = {}
+    for name, model in models.items():
+        if hasattr(model, "iterations_run"):
+            costs[name] = f"{model.iterations_run} of {model.iterations} iterations"
+        elif hasattr(model, "steps_per_epoch"):
+            costs[name] = f"{model.epochs} epochs x {model.steps_per_epoch} steps"
+    return costs
+
+
 def model_recommender(model: FittedModel) -> Recommender:
     """A `FittedModel` (the PyTorch `ModelBundle` or a baseline) as a `Recommender`."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from recsys_core.schema import RATING_COLUMNS
 from recsys_core.synthetic import SyntheticConfig, generate_items, iter_synthetic_ratings
 
 SOURCE_KINDS = ("synthetic", "movielens", "files")
+# From this many synthetic ratings, generation uses every core (the same frame; spawning workers costs seconds).
+PARALLEL_SYNTHETIC_RATINGS = 2_000_000
 
 
 def raw_from_canonical(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -59,7 +62,8 @@ class DataSourceSpec:
 
     def read_raw_ratings(self) -> pd.DataFrame:
         if self.kind == "synthetic":
-            frame = pd.concat(list(iter_synthetic_ratings(self.synthetic_config())), ignore_index=True)
+            workers = (os.cpu_count() or 1) if self.synthetic_ratings >= PARALLEL_SYNTHETIC_RATINGS else 1
+            frame = pd.concat(list(iter_synthetic_ratings(self.synthetic_config(), workers=workers)), ignore_index=True)
             return raw_from_canonical(frame, list(RATING_COLUMNS))
         if self.kind == "movielens":
             return read_ratings_file(self.movielens_dir() / LAYOUTS[self.movielens_format].ratings_file, self.movielens_format)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from recsys_core.baselines import EASE, BiasedMF, ImplicitALS
 from recsys_core.device import resolve_device
 from recsys_core.distributed import all_reduce_mean, shard_epoch, wrap_ddp
+from recsys_core.evaluation import sample_users
 from recsys_core.metrics import ranking_metrics, rmse
 from recsys_core.model import (
     HybridConfig,
@@ -71,6 +72,12 @@ class TrainConfig:
     defaults: the Optuna search (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench
     quality`) chooses the prior and the causal or random training split, and re-picks lr, weight decay, dropout,
     history_keep and prior_weight, on the validation split of the user's own data.
+
+    Cost caps, which only bite above about 1M training ratings (ml-100k and the 1M synthetic run stay unchanged;
+    they bound time, they were not chosen for quality): an epoch trains a seeded sample of at most `epoch_users`
+    users (an example is a user), early stopping ranks a seeded sample of at most `validation_users` validation
+    users, and the whole fit stops before an epoch that would end past `time_budget_minutes` (0: no budget), with
+    the cosine schedule re-sized after every epoch to the epochs that still fit at that epoch's pace.
     """
 
     dim: int = 64
@@ -98,6 +105,9 @@ class TrainConfig:
     rating_prior_dim: int = 64
     rating_prior_weight: float = 0.4
     patience: int = 8
+    epoch_users: int = 10_000
+    validation_users: int = 10_000
+    time_budget_minutes: float = 15.0
     k: int = 10
     seed: int = 42
     device: str = "auto"
@@ -110,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.prior must be one of {PRIORS}, got {self.prior!r}")
         if not 0.0 <= self.prior_ease_share <= 1.0:
             raise ValueError(f"TrainConfig.prior_ease_share must be in [0, 1], got {self.prior_ease_share}")
+        if self.epoch_users < 1 or self.validation_users < 1 or self.time_budget_minutes < 0:
+            raise ValueError("TrainConfig needs epoch_users >= 1, validation_users >= 1 and time_budget_minutes >= 0")
         if self.next_items < 0:
             raise ValueError(f"TrainConfig.next_items must be >= 0, got {self.next_items}")
         if not 0.0 < self.history_keep < 1.0:
@@ -133,6 +145,7 @@ class TrainResult:
     best_epoch: int
     train_seconds: float
     final_metrics: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, float | int | bool] = field(default_factory=dict)  # `TrainCost.as_dict()`: what the caps did
 
 
 def _check_ratings(frame: pd.DataFrame, name: str) -> None:
@@ -311,9 +324,10 @@ class HybridTrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
         )
-        steps_per_epoch = -(-len(self.user_index) // config.batch_size)
+        self.epoch_users = min(config.epoch_users, len(self.user_index))
+        self.steps_per_epoch = -(-self.epoch_users // config.batch_size)
         self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs * steps_per_epoch, eta_min=config.lr * 0.05)
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs * self.steps_per_epoch, eta_min=config.lr * 0.05)
             if config.cosine_decay
             else None
         )
@@ -385,9 +399,19 @@ class HybridTrainer:
         rating = (((pos_ratings - ratings) ** 2) * targetf).sum() / targetf.sum().clamp(min=1)
         return ranking, rating
 
+    def epoch_order(self) -> torch.Tensor:
+        """This epoch's users in random order: all of them, or the first `epoch_users` of a seeded permutation."""
+        return torch.randperm(len(self.user_index), generator=self.generator)[: self.epoch_users]
+
+    def fit_schedule(self, epochs: int) -> None:
+        """Ends the cosine decay after `epochs` epochs instead of `config.epochs` (the recursive form continues from
+        the current rate, so the rate stays continuous, never rises, and reaches its floor when the budget ends)."""
+        if self.scheduler is not None:
+            self.scheduler.T_max = epochs * self.steps_per_epoch
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
-        order, batch_size = shard_epoch(torch.randperm(len(self.user_index), generator=self.generator), self.config.batch_size)
+        order, batch_size = shard_epoch(self.epoch_order(), self.config.batch_size)
         totals = np.zeros(3)
         n_batches = 0
         for start in range(0, len(order), batch_size):
@@ -414,6 +438,39 @@ class HybridTrainer:
             predicted = self.bundle.predict_ratings(rateable[USER_ID].to_numpy(), rateable[ITEM_ID].to_numpy())
             metrics["val_rmse"] = rmse(rateable[RATING].to_numpy(), predicted)
         return metrics
+
+
+def sample_validation(validation: pd.DataFrame, max_users: int, seed: int) -> pd.DataFrame:
+    """Every rating of a seeded uniform sample of at most `max_users` validation users (`evaluation.sample_users`)."""
+    users = sample_users(validation[USER_ID].to_numpy(), max_users, seed)
+    return validation if len(users) == validation[USER_ID].nunique() else validation[validation[USER_ID].isin(users)]
+
+
+@dataclass
+class TrainCost:
+    """What the cost caps did in one fit: users per epoch, epochs run, examples/s, and whether each cap bit."""
+
+    users: int
+    epoch_users: int
+    validation_users: int
+    validation_users_total: int
+    budget_seconds: float
+    epochs_run: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+    budget_bit: bool = False
+    planned_epochs: int = 0
+
+    @property
+    def epoch_cap_bit(self) -> bool:
+        return self.epoch_users < self.users
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        seconds = sum(self.epoch_seconds)
+        return {"users": self.users, "epoch_users": self.epoch_users, "epoch_cap_bit": self.epoch_cap_bit,
+                "validation_users": self.validation_users, "validation_users_total": self.validation_users_total,
+                "epochs_run": self.epochs_run, "planned_epochs": self.planned_epochs, "budget_seconds": self.budget_seconds,
+                "budget_bit": self.budget_bit, "epoch_seconds_mean": round(seconds / max(self.epochs_run, 1), 3),
+                "examples_per_s": round(self.epoch_users * self.epochs_run / seconds, 1) if seconds else 0.0}  # fmt: skip
 
 
 def _fit_prior_weight(trainer: HybridTrainer, validation: pd.DataFrame) -> None:
@@ -444,13 +501,21 @@ def train_hybrid(
     started = time.perf_counter()
     trainer = HybridTrainer(train, items, text, config)
     use_validation = validation is not None and not validation.empty
+    total_validation = 0
     if use_validation:
         _check_ratings(validation, "validation ratings")
+        total_validation = validation[USER_ID].nunique()
+        validation = sample_validation(validation, config.validation_users, config.seed)
+    budget = config.time_budget_minutes * 60.0
+    cost = TrainCost(users=len(trainer.user_index), epoch_users=trainer.epoch_users, budget_seconds=budget,
+                     validation_users=validation[USER_ID].nunique() if use_validation else 0,
+                     validation_users_total=total_validation, planned_epochs=config.epochs)  # fmt: skip
     monitor = f"val_ndcg@{config.k}"
     best_score, best_epoch, best_state = -np.inf, config.epochs, None
     history: list[dict[str, float]] = []
     progress = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch", disable=not config.show_progress)
     for epoch in progress:
+        epoch_started = time.perf_counter()
         row = {"epoch": float(epoch), **trainer.train_epoch()}
         if use_validation:
             row.update(trainer.evaluate(validation))
@@ -461,7 +526,11 @@ def train_hybrid(
         if on_epoch is not None:
             on_epoch(epoch, row)
         progress.set_postfix({key: f"{value:.4f}" for key, value in row.items() if key in ("train_loss", monitor)})
+        cost.epoch_seconds.append(time.perf_counter() - epoch_started)
+        cost.epochs_run = epoch
         if use_validation and epoch - best_epoch >= config.patience:
+            break
+        if budget and epoch < config.epochs and _over_budget(trainer, cost, budget - (time.perf_counter() - started)):
             break
     if best_state is not None:
         trainer.model.load_state_dict(best_state)
@@ -469,4 +538,19 @@ def train_hybrid(
     if use_validation and config.prior_dim:
         _fit_prior_weight(trainer, validation)
     final = trainer.evaluate(validation) if use_validation else {}
-    return TrainResult(trainer.bundle, history, best_epoch, time.perf_counter() - started, final)
+    return TrainResult(trainer.bundle, history, best_epoch, time.perf_counter() - started, final, cost.as_dict())
+
+
+def _over_budget(trainer: HybridTrainer, cost: TrainCost, remaining: float) -> bool:
+    """After each epoch, re-sizes the cosine schedule to the epochs the remaining budget holds at the last epoch's
+    pace (never beyond `config.epochs`); True when not one more fits. Under DDP the ranks decide on their mean clock,
+    so all stop after the same epoch."""
+    remaining, pace = all_reduce_mean(np.array([remaining, cost.epoch_seconds[-1]]))
+    fits = min(trainer.config.epochs, cost.epochs_run + max(int(remaining // pace), 0))
+    if fits != cost.planned_epochs:
+        cost.planned_epochs = fits
+        trainer.fit_schedule(max(fits, 1))
+    if fits <= cost.epochs_run:
+        cost.budget_bit = True
+        return True
+    return False

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from recsys_core import evaluation as ev
-from recsys_core.baselines import EASE, ImplicitALS, MostPopular, item_item
+from recsys_core.baselines import EASE, BiasedMF, ImplicitALS, MostPopular, item_item
 from recsys_core.synthetic import SyntheticConfig, generate_synthetic
-from recsys_core.training import _PaddedRatings
+from recsys_core.split import stratified_random_split
+from recsys_core.training import HybridTrainer, TrainConfig, _PaddedRatings, sample_validation, train_hybrid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,3 +97,97 @@ def test_bench_pipeline_runs_the_whole_graph(tmp_path: Path) -> None:
     assert 1_000 < steps["raw_ratings"]["rows_out"] == steps["rating_splits"]["rows_in"]  # the tiny source caps per-user counts
     assert steps["trained_model"]["epochs_run"] >= 1 and steps["trained_model"]["examples_per_s"] > 0
     assert set(report["goals"]) and (tmp_path / "pipeline.png").stat().st_size > 10_000
+
+
+TINY = dict(dim=8, n_heads=2, history_len=16, batch_size=16, prior_dim=4, rating_prior_dim=4, show_progress=False, device="cpu")
+
+
+def test_epoch_user_cap_is_a_no_op_below_it_and_a_seeded_sample_above() -> None:
+    ratings, items = generate_synthetic(n_users=60, n_items=80, n_ratings=1_500, seed=5)
+    n_users = ratings["user_id"].nunique()
+    below = HybridTrainer(ratings, items, None, TrainConfig(epoch_users=n_users, **TINY))
+    expected = torch.randperm(n_users, generator=torch.Generator().manual_seed(42))
+    torch.testing.assert_close(below.epoch_order(), expected)  # the same draw as without a cap
+    assert below.steps_per_epoch == -(-n_users // 16)
+    capped = [HybridTrainer(ratings, items, None, TrainConfig(epoch_users=20, **TINY)) for _ in range(2)]
+    first, again = capped[0].epoch_order(), capped[1].epoch_order()
+    torch.testing.assert_close(first, again)
+    assert len(first) == 20 and len(set(first.tolist())) == 20 and capped[0].steps_per_epoch == 2
+    assert not torch.equal(first, capped[0].epoch_order())  # a new sample every epoch
+    split = stratified_random_split(ratings, 0.15, 0.15, seed=0)
+    result = train_hybrid(split.train, split.validation, items, None, TrainConfig(epochs=2, patience=9, epoch_users=20, **TINY))
+    assert result.cost["epoch_cap_bit"] and result.cost["epoch_users"] == 20 and result.cost["epochs_run"] == 2
+    whole = train_hybrid(split.train, split.validation, items, None, TrainConfig(epochs=2, patience=9, **TINY))
+    assert not whole.cost["epoch_cap_bit"] and whole.cost["epoch_users"] == split.train["user_id"].nunique()
+
+
+def test_time_budget_stops_training_and_resizes_the_schedule() -> None:
+    ratings, items = generate_synthetic(n_users=60, n_items=80, n_ratings=1_500, seed=5)
+    split = stratified_random_split(ratings, 0.15, 0.15, seed=0)
+    spent = train_hybrid(split.train, split.validation, items, None,
+                         TrainConfig(epochs=5, patience=9, time_budget_minutes=1e-6, **TINY))  # fmt: skip
+    assert spent.cost["budget_bit"] and spent.cost["epochs_run"] == 1 and spent.cost["planned_epochs"] == 1
+    ample = train_hybrid(split.train, split.validation, items, None, TrainConfig(epochs=3, patience=9, **TINY))
+    assert not ample.cost["budget_bit"] and ample.cost["epochs_run"] == 3 and ample.cost["planned_epochs"] == 3
+    assert ample.cost["examples_per_s"] > 0
+
+
+def test_validation_sample_is_seeded_and_whole_below_the_cap() -> None:
+    ratings, _ = generate_synthetic(n_users=60, n_items=80, n_ratings=1_500, seed=5)
+    assert sample_validation(ratings, 1_000, seed=1) is ratings
+    sample = sample_validation(ratings, 10, seed=1)
+    assert sample["user_id"].nunique() == 10
+    pd.testing.assert_frame_equal(sample, sample_validation(ratings, 10, seed=1))
+    for user, group in sample.groupby("user_id"):
+        assert len(group) == (ratings["user_id"] == user).sum()  # every rating of a sampled user
+
+
+def test_bench_pipeline_merges_earlier_sizes_and_prefers_fresh_runs(tmp_path: Path) -> None:
+    from recsys_core.bench.pipeline import merge
+
+    def run(n: int, minutes: float) -> dict:
+        return {"ratings": n, "wall_min": minutes}
+
+    earlier = tmp_path / "small.json"
+    earlier.write_text(json.dumps({"runs": [run(5, 2.0), run(1, 1.0)],
+                                   "rows": [{"ratings": 5, "step": "a"}, {"ratings": 1, "step": "a"}]}))  # fmt: skip
+    steps, runs = merge([earlier], [{"ratings": 25, "step": "a"}, {"ratings": 5, "step": "b"}], [run(25, 9.0), run(5, 3.0)])
+    assert [r["ratings"] for r in runs] == [1, 5, 25] and runs[1]["wall_min"] == 3.0
+    assert [(s["ratings"], s["step"]) for s in steps] == [(1, "a"), (5, "b"), (25, "a")]
+
+
+def test_baseline_fit_caps_bite_only_on_large_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys_core.baselines import LibBPR, classic
+    from recsys_core.baselines.classic import capped_iterations
+
+    assert capped_iterations(15, 1_000_000, 15e6, 3) == 15 and capped_iterations(15, 5_000_000, 15e6, 3) == 3
+    assert capped_iterations(100, 20_000_000, 1e8, 3) == 5
+    ratings, items = generate_synthetic(n_users=60, n_items=80, n_ratings=1_500, seed=3)
+    small = ImplicitALS(dim=8, iterations=4).fit(ratings, items), BiasedMF(dim=8, epochs=2, batch_size=256).fit(ratings, items)
+    assert small[0].iterations_run == 4 and small[1].steps_per_epoch == -(-len(ratings) // 256) > 1
+    assert LibBPR(dim=8, iterations=7).fit(ratings, items).iterations_run == 7
+    monkeypatch.setattr(classic, "MAX_ALS_RATING_ITERATIONS", 2 * len(ratings))
+    monkeypatch.setattr(classic, "MAX_PARAMETER_STEPS", 2 * (60 + 80) * 9)  # 2 epochs x 1 step x the parameters
+    monkeypatch.setattr(classic, "MIN_STEPS_PER_EPOCH", 1)
+    capped = ImplicitALS(dim=8, iterations=4).fit(ratings, items), BiasedMF(dim=8, epochs=2, batch_size=256).fit(ratings, items)
+    assert capped[0].iterations_run == classic.MIN_ALS_ITERATIONS and capped[1].steps_per_epoch == 1
+    assert ev.baseline_fit_costs({"implicit_als": capped[0], "biased_mf": capped[1], "most_popular": MostPopular()}) == {
+        "implicit_als": "3 of 4 iterations", "biased_mf": "2 epochs x 1 steps"}
+
+
+def test_budget_resizes_the_cosine_to_the_epochs_that_fit() -> None:
+    from recsys_core.training import TrainCost, _over_budget
+
+    ratings, items = generate_synthetic(n_users=60, n_items=80, n_ratings=1_500, seed=5)
+    trainer = HybridTrainer(ratings, items, None, TrainConfig(epochs=10, **TINY))
+    cost = TrainCost(users=60, epoch_users=60, validation_users=0, validation_users_total=0, budget_seconds=60.0,
+                     epochs_run=1, epoch_seconds=[20.0], planned_epochs=10)  # fmt: skip
+    assert not _over_budget(trainer, cost, remaining=35.0)  # one epoch done, room for one more at 20 s
+    assert cost.planned_epochs == 2 and trainer.scheduler.T_max == 2 * trainer.steps_per_epoch
+    cost.epochs_run, cost.epoch_seconds = 2, [20.0, 10.0]
+    assert not _over_budget(trainer, cost, remaining=25.0) and cost.planned_epochs == 4  # faster epochs: two more
+    cost.epochs_run, cost.epoch_seconds = 4, [20.0, 10.0, 10.0, 10.0]
+    assert _over_budget(trainer, cost, remaining=5.0) and cost.budget_bit and cost.planned_epochs == 4
+    cost = TrainCost(users=60, epoch_users=60, validation_users=0, validation_users_total=0, budget_seconds=60.0,
+                     epochs_run=1, epoch_seconds=[0.1], planned_epochs=10)  # fmt: skip
+    assert not _over_budget(trainer, cost, remaining=50.0) and cost.planned_epochs == 10  # ample: never past config.epochs

@@ -23,6 +23,22 @@ from scipy import sparse
 from recsys_core.schema import ITEM_ID, RATING, USER_ID, IdIndex
 
 MAX_STEPS_PER_EPOCH = 1_000
+# Every Adam step of `BiasedMF` reads and writes all its parameters, so a fit costs about steps x parameters (about
+# 4.5 s per 1e9 on one core of this machine). At most this many: 40 epochs x 1,000 steps up to 0.5M parameters (about
+# 300k ratings at ml-25m shape; the 1M synthetic run gets 325 steps); above, fewer and larger steps per epoch (never
+# under `MIN_STEPS_PER_EPOCH`). Bounds time, not chosen for quality.
+MAX_PARAMETER_STEPS = 2e10
+MIN_STEPS_PER_EPOCH = 25
+# ALS (ours and `implicit`'s) visits every training rating twice per iteration: at most this many iterations x
+# ratings per fit (15 iterations up to 1M training ratings). Bounds time, not chosen for quality.
+MAX_ALS_RATING_ITERATIONS = 15_000_000
+MIN_ALS_ITERATIONS = 3
+
+
+def capped_iterations(iterations: int, n_ratings: int, budget: float, minimum: int) -> int:
+    """`iterations`, or as many as `budget` rating visits allow for `n_ratings` (at least `minimum`): a fit whose
+    cost grows with iterations x ratings stays bounded however large the data."""
+    return min(iterations, max(minimum, int(budget // max(n_ratings, 1))))
 
 
 class MatrixRecommender:
@@ -180,8 +196,9 @@ class BiasedMF(_FactorModel):
     """Explicit-rating matrix factorisation with biases (the Surprise SVD model).
 
     reg 0.1 was chosen on a stratified seed-7 75/25 split of u.data (RMSE 0.920; 0.949 at the former 0.05).
-    An epoch takes at most `MAX_STEPS_PER_EPOCH` steps (larger batches above 1M ratings): every Adam step updates the
-    whole factor matrices, so at 25M ratings batches of 1024 would take hours.
+    An epoch takes at most `MAX_STEPS_PER_EPOCH` steps (larger batches above 1M ratings), and fewer when the fit
+    would exceed `MAX_PARAMETER_STEPS`: every Adam step updates the whole factor matrices, so at 25M ratings batches
+    of 1024 would take hours. `steps_per_epoch` says what the fit used.
     """
 
     name = "biased_mf"
@@ -203,7 +220,10 @@ class BiasedMF(_FactorModel):
         optimizer = torch.optim.Adam([P, Q, bu, bi], lr=self.lr)
         users, itemsx = torch.from_numpy(u), torch.from_numpy(i)
         target = torch.from_numpy(r - self.global_mean)
-        batch_size = max(self.batch_size, -(-len(r) // MAX_STEPS_PER_EPOCH))
+        n_parameters = (n_users + n_items) * (self.dim + 1)
+        affordable = int(MAX_PARAMETER_STEPS // (self.epochs * n_parameters))
+        batch_size = max(self.batch_size, -(-len(r) // min(MAX_STEPS_PER_EPOCH, max(MIN_STEPS_PER_EPOCH, affordable))))
+        self.steps_per_epoch = -(-len(r) // batch_size)
         for _ in range(self.epochs):
             order = torch.randperm(len(r), generator=generator)
             for start in range(0, len(r), batch_size):
@@ -220,7 +240,10 @@ class BiasedMF(_FactorModel):
 
 
 class ImplicitALS(_FactorModel):
-    """Implicit-feedback ALS: every rated item is a positive with confidence 1 + alpha, the rest 0 with confidence 1."""
+    """Implicit-feedback ALS: every rated item is a positive with confidence 1 + alpha, the rest 0 with confidence 1.
+
+    Runs `iterations`, or fewer on large data (`MAX_ALS_RATING_ITERATIONS`); `iterations_run` says how many.
+    """
 
     name = "implicit_als"
     predicts_ratings = False  # scores are preferences in [0, 1], not ratings
@@ -247,7 +270,8 @@ class ImplicitALS(_FactorModel):
         by_item = np.split(u[np.argsort(i, kind="stable")], np.cumsum(np.bincount(i, minlength=n_items))[:-1])
         users = rng.normal(0, 0.01, (n_users, self.dim))
         item_factors = rng.normal(0, 0.01, (n_items, self.dim))
-        for _ in range(self.iterations):
+        self.iterations_run = capped_iterations(self.iterations, len(u), MAX_ALS_RATING_ITERATIONS, MIN_ALS_ITERATIONS)
+        for _ in range(self.iterations_run):
             users = self._solve(item_factors, by_user)
             item_factors = self._solve(users, by_item)
         self.factors = _Factors(users, item_factors, np.zeros(n_users), np.zeros(n_items))

@@ -14,13 +14,18 @@ import pandas as pd
 from scipy import sparse
 from threadpoolctl import threadpool_limits
 
-from recsys_core.baselines.classic import _Factors, _FactorModel
+from recsys_core.baselines.classic import MAX_ALS_RATING_ITERATIONS, MIN_ALS_ITERATIONS, _Factors, _FactorModel, capped_iterations
+
+# BPR's SGD draws one (positive, negative) pair per training rating per iteration: at most this many pairs per fit
+# (100 iterations up to 1M training ratings), never under `MIN_BPR_ITERATIONS`. Bounds time, not chosen for quality.
+MAX_BPR_SAMPLES = 100_000_000
+MIN_BPR_ITERATIONS = 3
 
 
 class _ImplicitLibModel(_FactorModel):
     predicts_ratings = False
 
-    def _model(self):
+    def _model(self, n_ratings: int):
         raise NotImplementedError
 
     def fit(self, train: pd.DataFrame, items: pd.DataFrame | None = None) -> "_ImplicitLibModel":
@@ -33,7 +38,7 @@ class _ImplicitLibModel(_FactorModel):
         with threadpool_limits(1, "blas"), warnings.catch_warnings():
             # implicit warns about OpenBLAS threads from the environment even inside the limit above
             warnings.simplefilter("ignore", RuntimeWarning)
-            model = self._model()
+            model = self._model(matrix.nnz)
             model.fit(matrix, show_progress=False)
         users, items_ = np.asarray(model.user_factors), np.asarray(model.item_factors)
         self.factors = _Factors(users, items_, np.zeros(len(users)), np.zeros(len(items_)))
@@ -41,7 +46,8 @@ class _ImplicitLibModel(_FactorModel):
 
 
 class LibALS(_ImplicitLibModel):
-    """`implicit.cpu.als.AlternatingLeastSquares` (conjugate-gradient ALS, confidence 1 + alpha)."""
+    """`implicit.cpu.als.AlternatingLeastSquares` (conjugate-gradient ALS, confidence 1 + alpha); `iterations`, or
+    fewer on large data (`MAX_ALS_RATING_ITERATIONS`): `iterations_run` says how many."""
 
     name = "als"
 
@@ -49,15 +55,17 @@ class LibALS(_ImplicitLibModel):
         super().__init__(seed)
         self.dim, self.reg, self.alpha, self.iterations = dim, reg, alpha, iterations
 
-    def _model(self):
+    def _model(self, n_ratings: int):
         from implicit.cpu.als import AlternatingLeastSquares
 
+        self.iterations_run = capped_iterations(self.iterations, n_ratings, MAX_ALS_RATING_ITERATIONS, MIN_ALS_ITERATIONS)
         return AlternatingLeastSquares(factors=self.dim, regularization=self.reg, alpha=self.alpha,
-                                       iterations=self.iterations, num_threads=1, random_state=self.seed)  # fmt: skip
+                                       iterations=self.iterations_run, num_threads=1, random_state=self.seed)  # fmt: skip
 
 
 class LibBPR(_ImplicitLibModel):
-    """`implicit.cpu.bpr.BayesianPersonalizedRanking` (SGD on sampled (positive, negative) pairs)."""
+    """`implicit.cpu.bpr.BayesianPersonalizedRanking` (SGD on sampled (positive, negative) pairs); `iterations`, or
+    fewer on large data (`MAX_BPR_SAMPLES`): `iterations_run` says how many."""
 
     name = "bpr"
 
@@ -65,8 +73,9 @@ class LibBPR(_ImplicitLibModel):
         super().__init__(seed)
         self.dim, self.lr, self.reg, self.iterations = dim, lr, reg, iterations
 
-    def _model(self):
+    def _model(self, n_ratings: int):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
+        self.iterations_run = capped_iterations(self.iterations, n_ratings, MAX_BPR_SAMPLES, MIN_BPR_ITERATIONS)
         return BayesianPersonalizedRanking(factors=self.dim, learning_rate=self.lr, regularization=self.reg,
-                                           iterations=self.iterations, num_threads=1, random_state=self.seed)  # fmt: skip
+                                           iterations=self.iterations_run, num_threads=1, random_state=self.seed)  # fmt: skip

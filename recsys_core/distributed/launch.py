@@ -59,7 +59,8 @@ def train_with_torchrun(
     if on_epoch is not None:
         for row in outcome["history"]:
             on_epoch(int(row["epoch"]), row)
-    return TrainResult(bundle, outcome["history"], outcome["best_epoch"], outcome["train_seconds"], outcome["final_metrics"])
+    return TrainResult(bundle, outcome["history"], outcome["best_epoch"], outcome["train_seconds"], outcome["final_metrics"],
+                       outcome["cost"])
 
 
 def _read_optional(path: Path) -> pd.DataFrame | None:
@@ -78,7 +79,7 @@ def run_rank(workdir: Path) -> None:
         if is_main_process():
             result.bundle.save(workdir / "model")
             outcome = {"history": result.history, "best_epoch": result.best_epoch,
-                       "train_seconds": result.train_seconds, "final_metrics": result.final_metrics}  # fmt: skip
+                       "train_seconds": result.train_seconds, "final_metrics": result.final_metrics, "cost": result.cost}  # fmt: skip
             (workdir / "result.json").write_text(json.dumps(outcome))
         dist.barrier()
     finally:

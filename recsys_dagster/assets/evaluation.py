@@ -81,7 +81,9 @@ def offline_metrics(
         source = "onnx"
     else:
         recommender, source = ev.model_recommender(bundle), "pytorch"
+    fit_started = time.perf_counter()
     baselines = ev.fit_baselines(train_ratings, validated_items, seed=config.seed) if config.baselines else {}
+    baselines_fit_seconds = time.perf_counter() - fit_started
     skipped = ev.too_large_baselines(train_ratings, validated_items) if config.baselines else []
     item_ids, vectors = text_vectors(item_text_features)
     all_users = test_ratings["user_id"].nunique()
@@ -122,6 +124,8 @@ def offline_metrics(
            for name, (low, high) in ev.mean_ci(result.per_user[ranking]).items()},
         "baselines_skipped": MetadataValue.text(", ".join(skipped) + " (dense item-item weights: too many items)"
                                                 if skipped else "none"),
+        "baselines_fit_seconds": MetadataValue.float(round(baselines_fit_seconds, 1)),
+        "baselines_fit": MetadataValue.json(ev.baseline_fit_costs(baselines)),
         **{name: MetadataValue.float(float(result.metrics[name])) for name in ranking},
         **{name: MetadataValue.float(float(value)) for name, value in result.extra.items()},
         "metrics": table(models_table, 20),

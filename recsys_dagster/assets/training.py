@@ -42,6 +42,10 @@ class TrainingConfig(Config):
     rating_prior_dim: int = Field(TrainConfig.rating_prior_dim, description="Width of the biased MF blended into predicted ratings; 0 turns it off.")
     rating_prior_weight: float = Field(TrainConfig.rating_prior_weight, description="Share of the MF in the predicted rating.")
     patience: int = Field(TrainConfig.patience, description="Epochs without a better validation nDCG before stopping.")
+    epoch_users: int = Field(TrainConfig.epoch_users, description="Users (examples) per epoch: a seeded sample when there are more.")
+    validation_users: int = Field(TrainConfig.validation_users, description="Validation users ranked per epoch: a seeded sample when there are more.")
+    time_budget_minutes: float = Field(TrainConfig.time_budget_minutes, description="Wall-clock budget of the whole fit "
+                                       "(no epoch starts that would end past it; the cosine decay is sized to it); 0: none.")
     nproc_per_node: int = Field(1, ge=1, description="Processes for data-parallel training (PyTorch DDP under torchrun: "
                                 "gloo on CPU, NCCL with one GPU each); 1 trains in this process.")  # fmt: skip
 
@@ -103,6 +107,12 @@ def tuned_config(
             "mlflow_run": MetadataValue.url(settings.run_url(experiment_id, run_id)),
         },
     )
+
+
+def _number(value: float | int | bool) -> MetadataValue:
+    if isinstance(value, bool):
+        return MetadataValue.bool(value)
+    return MetadataValue.int(value) if isinstance(value, int) else MetadataValue.float(float(value))
 
 
 def _loss_figure(result: TrainResult):
@@ -175,7 +185,8 @@ def trained_model(
         mlflow_api.log_artifact(str(model_dir / "user_ids.npy"), "model")
         final = {key.replace("@", "_at_"): value for key, value in result.final_metrics.items()}
         mlflow_api.log_metrics({**{f"final_{k}": v for k, v in final.items()}, "train_seconds": result.train_seconds,
-                            "best_epoch": result.best_epoch})  # fmt: skip
+                                "best_epoch": result.best_epoch,
+                                **{f"cost_{k}": float(v) for k, v in result.cost.items()}})  # fmt: skip
         fig = _loss_figure(result)
         mlflow_api.log_figure(fig, "loss_curve.png")
         fig.savefig(model_dir / "loss_curve.png", dpi=90, bbox_inches="tight")
@@ -194,6 +205,7 @@ def trained_model(
         "train_config": train_config.to_dict(),
         "best_epoch": result.best_epoch,
         "train_seconds": result.train_seconds,
+        "cost": result.cost,
         "n_parameters": n_parameters,
         "trained_until": int(train_ratings["timestamp"].max()),  # serving adds live events newer than this
     }
@@ -208,6 +220,7 @@ def trained_model(
             "train_seconds": MetadataValue.float(round(result.train_seconds, 2)),
             "best_epoch": MetadataValue.int(result.best_epoch),
             "epochs_run": MetadataValue.int(len(result.history)),
+            **{k: _number(v) for k, v in result.cost.items() if k != "epochs_run"},
             "n_parameters": MetadataValue.int(n_parameters),
             "device": str(device),
             "world_size": MetadataValue.int(config.nproc_per_node),
