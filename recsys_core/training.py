@@ -81,6 +81,7 @@ class TrainConfig:
     user_dropout: float = 0.0
     epochs: int = 100
     cosine_decay: bool = True
+    schedule_epochs: int = 0
     batch_size: int = 128
     lr: float = 5e-3
     weight_decay: float = 0.6
@@ -93,6 +94,7 @@ class TrainConfig:
     prior: str = "als"
     prior_dim: int = 64
     prior_weight: float = 15.0
+    residual: bool = False
     prior_reg: float = 250.0
     prior_ease_share: float = 0.5
     rating_prior_dim: int = 64
@@ -106,6 +108,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"TrainConfig needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if self.schedule_epochs < 0:
+            raise ValueError(f"TrainConfig.schedule_epochs must be >= 0, got {self.schedule_epochs}")
         if self.prior not in PRIORS:
             raise ValueError(f"TrainConfig.prior must be one of {PRIORS}, got {self.prior!r}")
         if not 0.0 <= self.prior_ease_share <= 1.0:
@@ -121,6 +125,12 @@ class TrainConfig:
     def prior_columns(self) -> int:
         """Width of the prior's factors in the model: `prior_dim` per prior model."""
         return self.prior_dim * len(self.prior.split("+"))
+
+    @property
+    def horizon(self) -> int:
+        """Epochs the cosine schedule spans: `schedule_epochs`, or `epochs` when 0. A refit that stops at the search's
+        best epoch sets it to the search's epoch cap, so it sees the same learning rates as the epochs it repeats."""
+        return self.schedule_epochs or self.epochs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -313,7 +323,7 @@ class HybridTrainer:
         )
         steps_per_epoch = -(-len(self.user_index) // config.batch_size)
         self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs * steps_per_epoch, eta_min=config.lr * 0.05)
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.horizon * steps_per_epoch, eta_min=config.lr * 0.05)
             if config.cosine_decay
             else None
         )
@@ -368,14 +378,15 @@ class HybridTrainer:
                 users, hist_items, hist_ratings, hist_mask, negatives.expand(len(users), -1), with_prior=False
             )
             log_q = torch.log(self.sampling_probs.to(self.device) * self.config.n_negatives)
-            neg_logits = neg_scores - log_q[negatives]
+            neg_logits = neg_scores - log_q[negatives] + self._prior_offset(users, negatives.expand(len(users), -1))
             own = (negatives.view(1, 1, -1) == items.unsqueeze(-1)) & self.padded.rows(users)[2].to(self.device).unsqueeze(-1)
             neg_logits = neg_logits.masked_fill(own.any(1), float("-inf"))
-            pos_logits = pos_scores - log_q[items]
+            pos_logits = pos_scores - log_q[items] + self._prior_offset(users, items)
             lse = torch.logaddexp(pos_logits, torch.logsumexp(neg_logits, dim=1, keepdim=True))
             ranking = ((lse - pos_logits) * targetf).sum(1) / n_targets
         else:
             scores, all_ratings = self.step_model(users, hist_items, hist_ratings, hist_mask, with_prior=False)
+            scores = scores + self._prior_offset(users, None)
             history_dense = torch.zeros_like(scores).scatter_add_(1, hist_items, hist_mask.float()) > 0
             log_probs = torch.log_softmax(scores.masked_fill(history_dense, float("-inf")), dim=1)
             ranking = -torch.where(target_mask, log_probs.gather(1, items), 0.0).sum(1) / n_targets
@@ -384,6 +395,17 @@ class HybridTrainer:
         ranking = (ranking * has_targets).sum() / has_targets.sum().clamp(min=1)
         rating = (((pos_ratings - ratings) ** 2) * targetf).sum() / targetf.sum().clamp(min=1)
         return ranking, rating
+
+    def _prior_offset(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor | float:
+        """With `residual`, the fixed prior's weighted score of `items` [B, K] (or the catalogue when None) for these
+        users, added to the ranking logits so the towers learn what the prior misses; else 0 (towers trained alone)."""
+        if not (self.config.residual and self.config.prior_dim):
+            return 0.0
+        model = self.model
+        user_prior = model.config.prior_weight * model.user_prior[users]
+        if items is None:
+            return user_prior @ model.items.prior.T
+        return (user_prior.unsqueeze(1) * model.items.prior[items]).sum(-1)
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
