@@ -94,7 +94,6 @@ class TrainConfig:
     prior: str = "als"
     prior_dim: int = 64
     prior_weight: float = 15.0
-    residual: bool = False
     prior_reg: float = 250.0
     prior_ease_share: float = 0.5
     rating_prior_dim: int = 64
@@ -378,15 +377,14 @@ class HybridTrainer:
                 users, hist_items, hist_ratings, hist_mask, negatives.expand(len(users), -1), with_prior=False
             )
             log_q = torch.log(self.sampling_probs.to(self.device) * self.config.n_negatives)
-            neg_logits = neg_scores - log_q[negatives] + self._prior_offset(users, negatives.expand(len(users), -1))
+            neg_logits = neg_scores - log_q[negatives]
             own = (negatives.view(1, 1, -1) == items.unsqueeze(-1)) & self.padded.rows(users)[2].to(self.device).unsqueeze(-1)
             neg_logits = neg_logits.masked_fill(own.any(1), float("-inf"))
-            pos_logits = pos_scores - log_q[items] + self._prior_offset(users, items)
+            pos_logits = pos_scores - log_q[items]
             lse = torch.logaddexp(pos_logits, torch.logsumexp(neg_logits, dim=1, keepdim=True))
             ranking = ((lse - pos_logits) * targetf).sum(1) / n_targets
         else:
             scores, all_ratings = self.step_model(users, hist_items, hist_ratings, hist_mask, with_prior=False)
-            scores = scores + self._prior_offset(users, None)
             history_dense = torch.zeros_like(scores).scatter_add_(1, hist_items, hist_mask.float()) > 0
             log_probs = torch.log_softmax(scores.masked_fill(history_dense, float("-inf")), dim=1)
             ranking = -torch.where(target_mask, log_probs.gather(1, items), 0.0).sum(1) / n_targets
@@ -395,17 +393,6 @@ class HybridTrainer:
         ranking = (ranking * has_targets).sum() / has_targets.sum().clamp(min=1)
         rating = (((pos_ratings - ratings) ** 2) * targetf).sum() / targetf.sum().clamp(min=1)
         return ranking, rating
-
-    def _prior_offset(self, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor | float:
-        """With `residual`, the fixed prior's weighted score of `items` [B, K] (or the catalogue when None) for these
-        users, added to the ranking logits so the towers learn what the prior misses; else 0 (towers trained alone)."""
-        if not (self.config.residual and self.config.prior_dim):
-            return 0.0
-        model = self.model
-        user_prior = model.config.prior_weight * model.user_prior[users]
-        if items is None:
-            return user_prior @ model.items.prior.T
-        return (user_prior.unsqueeze(1) * model.items.prior[items]).sum(-1)
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()

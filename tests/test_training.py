@@ -243,37 +243,6 @@ def test_the_priors_weight_is_fitted_on_validation(data) -> None:
     assert scores[chosen] == max(scores.values()) == result.final_metrics["val_ndcg@10"]
 
 
-def test_residual_training_adds_the_fixed_prior_to_the_ranking_logits(data) -> None:
-    from recsys_core.training import HybridTrainer
-
-    ratings, items = data
-    config = TrainConfig(epochs=1, prior_dim=4, prior_weight=3.0, rating_prior_dim=0, residual=True, **TINY)
-    trainer = HybridTrainer(ratings, items, None, config)
-    users = torch.arange(10)
-    model = trainer.model
-    expected = 3.0 * model.user_prior[users] @ model.items.prior.T
-    torch.testing.assert_close(trainer._prior_offset(users, None), expected)
-    picked = torch.randint(0, model.config.n_items, (10, 5), generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(trainer._prior_offset(users, picked), expected.gather(1, picked))
-    plain = HybridTrainer(ratings, items, None, replace(config, residual=False))
-    assert plain._prior_offset(users, None) == 0.0
-    batch = trainer._batch(users)
-    ranking, _ = trainer._losses(batch)
-    plain.model.load_state_dict(model.state_dict())
-    assert not torch.isclose(ranking, plain._losses(batch)[0])  # the same towers, another loss: the prior is in it
-
-
-def test_residual_training_changes_what_the_towers_learn_and_is_deterministic(data) -> None:
-    ratings, items = data
-    config = TrainConfig(epochs=3, prior_dim=4, prior_weight=3.0, rating_prior_dim=0, **TINY)
-    plain = train_hybrid(ratings, None, items, None, config).bundle.model
-    first, second = (train_hybrid(ratings, None, items, None, replace(config, residual=True)).bundle.model for _ in "ab")
-    torch.testing.assert_close(first.item_vectors(), second.item_vectors())
-    torch.testing.assert_close(first.items.prior, plain.items.prior)  # the same fixed prior under both
-    towers = slice(0, config.dim)
-    assert not torch.allclose(first.item_vectors()[:, towers], plain.item_vectors()[:, towers], atol=1e-3)
-
-
 def test_a_refit_with_the_search_horizon_repeats_the_searchs_learning_rates(data) -> None:
     from recsys_core.training import HybridTrainer
 
