@@ -57,6 +57,9 @@ def test_ease_prior_is_its_low_rank_scores_and_trains(split) -> None:
     ease = EASE(reg=50.0).fit(parts.train, items)
     users, item_factors = ease.low_rank(len(ease.item_index))  # full rank: exactly EASE's scores
     np.testing.assert_allclose(users @ item_factors.T, ease.seen.astype(np.float32) @ ease.weights, atol=1e-4)
+    wide_users, wide_items = ease.low_rank(len(ease.user_index) + len(ease.item_index))  # above its rank: zero columns
+    assert wide_users.shape[1] == wide_items.shape[1] == len(ease.user_index) + len(ease.item_index)
+    np.testing.assert_allclose(wide_users @ wide_items.T, users @ item_factors.T, atol=1e-4)
     config = replace(TINY, prior="ease", prior_reg=50.0, epochs=1)
     bundle = train_hybrid(parts.train, None, items, None, config).bundle
     prior_users = bundle.model.user_prior[: bundle.config.n_users].numpy()
