@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
     als = {row["model"]: row[f"ndcg@{K}"] for row in summary if row["model"] in ("als", "implicit_als")}
     write_report(
         "quality", summary, args.json, timings=timings, goals=goals, per_seed=rows, search=contenders.search_rows,
-        all_passed=all_passed, seeds=seeds, trials=args.trials, minutes=args.minutes, max_epochs=args.max_epochs, threads=args.threads,
+        all_passed=all_passed, seeds=seeds, trials=args.trials, minutes=args.minutes, max_epochs=args.max_epochs,
+        threads=args.threads,
         data=args.data_dir or "synthetic (943 users, 1682 items, 100k ratings, seed 7)", text_model=text.model_id,
         als_note="als = the implicit package, implicit_als = ours (exact solve; the hybrid's prior); mean nDCG@10 "
         + ", ".join(f"{name} {value:.4f}" for name, value in als.items()),
@@ -234,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
     print("timings:", timings)
     for goal, outcome in goals.items():
         verdict = {True: "PASS", False: "FAIL", None: "N/A "}[outcome["passed"]]
-        print(f"  {verdict}  {goal}: {outcome['value']} (goal {outcome['goal']}){' - ' + outcome['reason'] if 'reason' in outcome else ''}")
+        reason = f" - {outcome['reason']}" if "reason" in outcome else ""
+        print(f"  {verdict}  {goal}: {outcome['value']} (goal {outcome['goal']}){reason}")
     print("all applicable goals passed" if all_passed else "some goals missed")
     return 0
