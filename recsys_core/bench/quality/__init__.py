@@ -2,8 +2,8 @@
 
 For each protocol (`protocols.PROTOCOLS`) every model is tuned once, on the first seed's validation split, with the
 same budget (`--trials`, `--minutes`: `recsys_core.tuning`); then, for every split seed, it is refitted with those
-settings on train + validation (the hybrid for its best validation epoch count) and scored on the test part with
-training items excluded. Metrics are means and standard deviations over the seeds. Slices: users with <= 5 training
+settings on train + validation (the hybrid for its best validation epoch count, on the search's cosine schedule) and
+scored on the test part with training items excluded. Metrics are means and standard deviations over the seeds. Slices: users with <= 5 training
 ratings, and held-out ratings of items with no training rating. Ablation, all from the tuned hybrid's settings:
 `prior alone` (its prior, as tuned: ALS, EASE or their blend, with the same text map for unrated items), `towers
 alone` (the refitted hybrid with `prior_weight` 0: the towers are trained without the prior, so these are exactly
