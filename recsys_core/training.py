@@ -88,6 +88,7 @@ class TrainConfig:
     user_dropout: float = 0.0
     epochs: int = 100
     cosine_decay: bool = True
+    schedule_epochs: int = 0
     batch_size: int = 128
     lr: float = 5e-3
     weight_decay: float = 0.6
@@ -116,6 +117,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"TrainConfig needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if self.schedule_epochs < 0:
+            raise ValueError(f"TrainConfig.schedule_epochs must be >= 0, got {self.schedule_epochs}")
         if self.prior not in PRIORS:
             raise ValueError(f"TrainConfig.prior must be one of {PRIORS}, got {self.prior!r}")
         if not 0.0 <= self.prior_ease_share <= 1.0:
@@ -133,6 +136,12 @@ class TrainConfig:
     def prior_columns(self) -> int:
         """Width of the prior's factors in the model: `prior_dim` per prior model."""
         return self.prior_dim * len(self.prior.split("+"))
+
+    @property
+    def horizon(self) -> int:
+        """Epochs the cosine schedule spans: `schedule_epochs`, or `epochs` when 0. A refit that stops at the search's
+        best epoch sets it to the search's epoch cap, so it sees the same learning rates as the epochs it repeats."""
+        return self.schedule_epochs or self.epochs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -327,7 +336,7 @@ class HybridTrainer:
         self.epoch_users = min(config.epoch_users, len(self.user_index))
         self.steps_per_epoch = -(-self.epoch_users // config.batch_size)
         self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs * self.steps_per_epoch, eta_min=config.lr * 0.05)
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.horizon * self.steps_per_epoch, eta_min=config.lr * 0.05)
             if config.cosine_decay
             else None
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -240,3 +241,20 @@ def test_the_priors_weight_is_fitted_on_validation(data) -> None:
         trainer.model.config.prior_weight = 3.0 * step
         scores[3.0 * step] = trainer.evaluate(split.validation)["val_ndcg@10"]
     assert scores[chosen] == max(scores.values()) == result.final_metrics["val_ndcg@10"]
+
+
+def test_a_refit_with_the_search_horizon_repeats_the_searchs_learning_rates(data) -> None:
+    from recsys_core.training import HybridTrainer
+
+    ratings, items = data
+    search = HybridTrainer(ratings, items, None, TrainConfig(epochs=10, rating_prior_dim=0, **TINY))
+    refit = HybridTrainer(ratings, items, None, TrainConfig(epochs=3, schedule_epochs=10, rating_prior_dim=0, **TINY))
+    short = HybridTrainer(ratings, items, None, TrainConfig(epochs=3, rating_prior_dim=0, **TINY))
+    rates = {name: [] for name in ("search", "refit", "short")}
+    for _ in range(3):
+        for name, trainer in (("search", search), ("refit", refit), ("short", short)):
+            trainer.train_epoch()
+            rates[name].append(trainer.optimizer.param_groups[0]["lr"])
+    assert rates["refit"] == rates["search"] and rates["short"][-1] < rates["search"][-1]
+    with pytest.raises(ValueError, match="schedule_epochs"):
+        TrainConfig(schedule_epochs=-1)

@@ -33,6 +33,7 @@ def test_hybrid_search_is_deterministic_for_a_seed(split) -> None:
     assert len(runs[0].trials) == 3 and 1 <= runs[0].best_attrs["best_epoch"] <= TINY.epochs
     assert runs[0].trials.loc[0, "lr"] == TINY.lr and runs[0].trials.loc[0, "prior"] == TINY.prior  # trial 0: defaults
     assert runs[0].trials.loc[1, "next_items"] == SEQUENTIAL_TRIAL["next_items"]  # trial 1: the causal preset
+    assert runs[0].trials.loc[1, "prior"] == SEQUENTIAL_TRIAL["prior"] == "ease"
     other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=3, seed=6))
     assert other.trials.loc[2, "lr"] != runs[0].trials.loc[2, "lr"]  # the seed drives the sampler
 
@@ -56,6 +57,9 @@ def test_ease_prior_is_its_low_rank_scores_and_trains(split) -> None:
     ease = EASE(reg=50.0).fit(parts.train, items)
     users, item_factors = ease.low_rank(len(ease.item_index))  # full rank: exactly EASE's scores
     np.testing.assert_allclose(users @ item_factors.T, ease.seen.astype(np.float32) @ ease.weights, atol=1e-4)
+    wide_users, wide_items = ease.low_rank(len(ease.user_index) + len(ease.item_index))  # above its rank: zero columns
+    assert wide_users.shape[1] == wide_items.shape[1] == len(ease.user_index) + len(ease.item_index)
+    np.testing.assert_allclose(wide_users @ wide_items.T, users @ item_factors.T, atol=1e-4)
     config = replace(TINY, prior="ease", prior_reg=50.0, epochs=1)
     bundle = train_hybrid(parts.train, None, items, None, config).bundle
     prior_users = bundle.model.user_prior[: bundle.config.n_users].numpy()

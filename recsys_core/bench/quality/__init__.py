@@ -2,8 +2,8 @@
 
 For each protocol (`protocols.PROTOCOLS`) every model is tuned once, on the first seed's validation split, with the
 same budget (`--trials`, `--minutes`: `recsys_core.tuning`); then, for every split seed, it is refitted with those
-settings on train + validation (the hybrid for its best validation epoch count) and scored on the test part with
-training items excluded. Metrics are means and standard deviations over the seeds. Slices: users with <= 5 training
+settings on train + validation (the hybrid for its best validation epoch count, on the search's cosine schedule) and
+scored on the test part with training items excluded. Metrics are means and standard deviations over the seeds. Slices: users with <= 5 training
 ratings, and held-out ratings of items with no training rating. Ablation, all from the tuned hybrid's settings:
 `prior alone` (its prior, as tuned: ALS, EASE or their blend, with the same text map for unrated items), `towers
 alone` (the refitted hybrid with `prior_weight` 0: the towers are trained without the prior, so these are exactly
@@ -41,6 +41,9 @@ K = 10
 COLD_USER_MAX_RATINGS = 5
 METRICS = (f"ndcg@{K}", f"hr@{K}", f"recall@{K}", f"precision@{K}", f"map@{K}")
 LEAD, TOWER_GAIN, MAX_SECONDS = 1.02, 1.02, 900.0
+# `--quick`'s epoch cap: the causal preset (`SEQUENTIAL_TRIAL`) peaked at epochs 12 and 17 on the ml-100k
+# leave-last-out validation splits of seeds 0 and 3 (20-epoch cap), so 8 epochs cut it short and it never won there.
+QUICK_EPOCHS = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=6, help="search trials per model and protocol (all models alike)")
     parser.add_argument("--minutes", type=float, default=3.0, help="search minutes per model and protocol")
     parser.add_argument("--max-epochs", type=int, default=40, help="the hybrid's epoch cap (early stopping on validation)")
-    parser.add_argument("--quick", action="store_true", help="CI-sized: 1 seed, 2 trials, 8 epochs")
+    parser.add_argument("--quick", action="store_true", help=f"CI-sized: 1 seed, 2 trials, {QUICK_EPOCHS} epochs")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda:0")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
 
@@ -126,7 +129,9 @@ class _Contenders:
         if name in RANKING_BASELINES:
             return RANKING_BASELINES[name](**self.tuned[name].best_params, seed=seed).fit(train, self.items)
         hybrid = self.tuned["hybrid"]
-        config = replace(self.base, **hybrid.best_params, epochs=int(hybrid.best_attrs["best_epoch"]), seed=seed)
+        # the best trial's epochs under the search's cosine schedule: the learning rates that trial actually saw
+        epochs = int(hybrid.best_attrs["best_epoch"])
+        config = replace(self.base, **hybrid.best_params, epochs=epochs, schedule_epochs=self.base.horizon, seed=seed)
         if name == "prior alone":
             return _PriorAlone(config, self.text).fit(train, self.items)
         if name == "hybrid":
@@ -156,10 +161,21 @@ def _goal(goal: float, value: float) -> dict[str, Any]:
     return {"goal": goal, "value": None if np.isnan(value) else round(value, 4), "passed": bool(value >= goal)}
 
 
+def _cold_user_goal(hybrid: pd.Series, baselines: pd.DataFrame) -> dict[str, Any]:
+    """The cold-user slice's goal; not applicable (value and passed null, with the reason) when the protocol's test
+    users include none with <= `COLD_USER_MAX_RATINGS` training ratings (ml-100k's random and leave-last-out)."""
+    cold = f"cold_users_ndcg@{K}"
+    if not hybrid["cold_users"] > 0:
+        return {"goal": 1.0, "value": None, "passed": None, "applicable": False,
+                "reason": f"no test user has <= {COLD_USER_MAX_RATINGS} training ratings"}  # fmt: skip
+    best = baselines[cold].max()
+    return _goal(1.0, hybrid[cold] / best if best > 0 else np.nan)
+
+
 def evaluate_goals(summary: list[dict[str, Any]], total_seconds: float) -> dict[str, dict[str, Any]]:
     goals: dict[str, dict[str, Any]] = {}
     frame = pd.DataFrame(summary).set_index(["protocol", "model"])
-    ndcg, cold = f"ndcg@{K}", f"cold_users_ndcg@{K}"
+    ndcg = f"ndcg@{K}"
     for protocol in frame.index.get_level_values(0).unique():
         rows = frame.loc[protocol]
         baselines = rows.loc[[name for name in RANKING_BASELINES if name in rows.index]]
@@ -167,8 +183,7 @@ def evaluate_goals(summary: list[dict[str, Any]], total_seconds: float) -> dict[
         hybrid = rows.loc["hybrid"]
         goals[f"{protocol}: hybrid nDCG@10 >= {LEAD} x best tuned baseline ({best})"] = _goal(LEAD, hybrid[ndcg] / baselines[ndcg].max())
         goals[f"{protocol}: towers add >= 2% over the prior alone"] = _goal(TOWER_GAIN, hybrid[ndcg] / rows.loc["prior alone", ndcg])
-        best_cold = baselines[cold].max()
-        goals[f"{protocol}: cold-user slice >= best baseline"] = _goal(1.0, hybrid[cold] / best_cold if best_cold > 0 else np.nan)
+        goals[f"{protocol}: cold-user slice >= best baseline"] = _cold_user_goal(hybrid, baselines)
     goals[f"whole bench <= {MAX_SECONDS:.0f} s"] = {"goal": MAX_SECONDS, "value": round(total_seconds, 1), "passed": total_seconds <= MAX_SECONDS}
     return goals
 
@@ -176,7 +191,7 @@ def evaluate_goals(summary: list[dict[str, Any]], total_seconds: float) -> dict[
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.quick:
-        args.seeds, args.trials, args.max_epochs = args.seeds.split(",")[0], 2, 8
+        args.seeds, args.trials, args.max_epochs = args.seeds.split(",")[0], 2, QUICK_EPOCHS
     torch.set_num_threads(max(args.threads, 1))
     seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     protocols = [name.strip() for name in args.protocols.split(",") if name.strip()]
@@ -204,17 +219,23 @@ def run(args: argparse.Namespace) -> int:
                 print(f"[{protocol} seed {seed}] {name}: nDCG@10 {rows[-1][f'ndcg@{K}']:.4f} ({fit_s:.0f} s)", flush=True)
         timings[f"{protocol}_s"] = round(time.perf_counter() - phase, 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
+    timings["cpu_s"] = round(time.process_time(), 1)  # this process's CPU time: comparable on a loaded machine
     summary = _summary(rows)
     goals = evaluate_goals(summary, timings["total_s"])
+    all_passed = all(goal["passed"] for goal in goals.values() if goal["passed"] is not None)
     als = {row["model"]: row[f"ndcg@{K}"] for row in summary if row["model"] in ("als", "implicit_als")}
     write_report(
         "quality", summary, args.json, timings=timings, goals=goals, per_seed=rows, search=contenders.search_rows,
-        seeds=seeds, trials=args.trials, minutes=args.minutes, max_epochs=args.max_epochs, threads=args.threads,
+        all_passed=all_passed, seeds=seeds, trials=args.trials, minutes=args.minutes, max_epochs=args.max_epochs,
+        threads=args.threads,
         data=args.data_dir or "synthetic (943 users, 1682 items, 100k ratings, seed 7)", text_model=text.model_id,
         als_note="als = the implicit package, implicit_als = ours (exact solve; the hybrid's prior); mean nDCG@10 "
         + ", ".join(f"{name} {value:.4f}" for name, value in als.items()),
     )  # fmt: skip
     print("timings:", timings)
     for goal, outcome in goals.items():
-        print(f"  {'PASS' if outcome['passed'] else 'FAIL'}  {goal}: {outcome['value']} (goal {outcome['goal']})")
+        verdict = {True: "PASS", False: "FAIL", None: "N/A "}[outcome["passed"]]
+        reason = f" - {outcome['reason']}" if "reason" in outcome else ""
+        print(f"  {verdict}  {goal}: {outcome['value']} (goal {outcome['goal']}){reason}")
+    print("all applicable goals passed" if all_passed else "some goals missed")
     return 0
