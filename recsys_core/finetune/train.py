@@ -2,7 +2,8 @@
 
 The frozen lower layers run once per item (their hidden states are kept), so an epoch costs only the trainable top
 layers. The default `layers` and `loss` won `recsys bench coldstart`'s grid on its validation items with seed 42 (seed 7's
-validation items preferred 1 layer), never judged on test items; epochs and learning rates were set beforehand.
+validation items preferred 1 layer); the ridge-initialised head and its learning rate were chosen on the validation
+items of seeds 42 and 7 (see `FineTuneConfig`), never judged on test items; epochs and learning rates were set beforehand.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ class FineTuneConfig:
     between predicted and true factor directions). ALS settings are `ImplicitALS`'s defaults.
 
     `head_init="ridge"` starts the head at the ridge regression (`probe_lambda`) of the factors on the frozen vectors,
-    then trains layers and head together at one small learning rate (linear probe, then fine-tune): the layers only
-    learn what the frozen vectors miss, instead of being pulled about by a random head in the first epochs. On the
-    validation items of seeds 42 and 7 it beat a random head with `head_lr` 1e-3 and moved the vectors smoothly
-    (validation nDCG@10 rising each epoch), where the random head's swung by +-0.03 between epochs.
+    then trains layers and head together at one small learning rate (linear probe, then fine-tune): the layers learn
+    what the frozen vectors miss instead of being pulled about by a random head, which moved the validation nDCG@10
+    by up to 0.04 from one epoch to the next. Validation items (never test), nDCG@10 after 6 epochs: seed 42 0.476
+    (random head with `head_lr` 1e-3: 0.465, frozen 0.430), seed 7 0.466 (frozen 0.441).
     """
 
     layers: int = 2
