@@ -112,3 +112,47 @@ def test_ridge_factors_recovers_a_linear_map() -> None:
     factors = vectors @ np.array([[2.0], [-1.0]]) + 3.0  # f = 2 x - y + 3
     predicted = ridge_factors(vectors, np.array([0, 1, 2]), factors[:3], lam=0.0)
     np.testing.assert_allclose(predicted.ravel(), [5.0, 2.0, 4.0, 6.0], atol=1e-9)
+
+
+def write_movielens(folder: Path, n_items: int = 40, n_users: int = 30, seed: int = 0) -> Path:
+    """A tiny ml-100k folder (u.data, u.item) with words the tiny BERT knows in the titles."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{u}\t{i}\t{rng.integers(1, 6)}\t{881250949 + u * 1000 + i}" for u in range(1, n_users + 1)
+             for i in range(1, n_items + 1) if rng.random() < 0.4]  # fmt: skip
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    flags = lambda i: "|".join("1" if g == i % 19 else "0" for g in range(19))  # noqa: E731
+    rows = [f"{i}|{make_items(n_items)['title'][i - 1]} (199{i % 10})|01-Jan-199{i % 10}||http://x|{flags(i)}"
+            for i in range(1, n_items + 1)]  # fmt: skip
+    (folder / "u.item").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    return folder
+
+
+def test_coldstart_bench_averages_seeds_and_reuses_the_fine_tunes(tiny_bert: Path, tmp_path: Path) -> None:
+    import argparse
+    import json
+
+    from recsys_core.bench import coldstart
+
+    parser = argparse.ArgumentParser()
+    coldstart.add_arguments(parser)
+    data = write_movielens(tmp_path / "ml")
+    argv = ["--data-dir", str(data), "--model", str(tiny_bert), "--seeds", "1,2", "--quick", "--cache-dir",
+            str(tmp_path / "cache")]  # fmt: skip
+    assert coldstart.run(parser.parse_args([*argv, "--json", str(tmp_path / "first.json")])) == 0
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["seeds"] == [1, 2] and len(first["ratio_per_seed"]) == 2
+    methods = {row["method"]: row for row in first["rows"]}
+    assert set(methods) == {coldstart.FROZEN, coldstart.TUNED, coldstart.KNN_FROZEN, coldstart.KNN_TUNED}
+    tuned = methods[coldstart.TUNED]
+    per_seed = [float(value) for value in tuned["test_per_seed"].split()]
+    assert tuned["test_ndcg@10"] == pytest.approx(np.mean(per_seed), abs=1e-3)
+    assert tuned["test_std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-3)
+    ratio = first["goals"][next(name for name in first["goals"] if name.startswith("fine-tuned"))]
+    assert ratio["passed"] == (ratio["value"] >= coldstart.GOAL_RATIO)
+    assert all(not row["from_cache"] for row in first["all_rows"] if "from_cache" in row)
+
+    assert coldstart.run(parser.parse_args([*argv, "--json", str(tmp_path / "again.json")])) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert all(row["from_cache"] for row in again["all_rows"] if "from_cache" in row)
+    assert again["rows"] == first["rows"]

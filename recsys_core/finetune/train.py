@@ -2,7 +2,8 @@
 
 The frozen lower layers run once per item (their hidden states are kept), so an epoch costs only the trainable top
 layers. The default `layers` and `loss` won `recsys bench coldstart`'s grid on its validation items with seed 42 (seed 7's
-validation items preferred 1 layer), never judged on test items; epochs and learning rates were set beforehand.
+validation items preferred 1 layer); the ridge-initialised head and its learning rate were chosen on the validation
+items of seeds 42 and 7 (see `FineTuneConfig`), never judged on test items; epochs and learning rates were set beforehand.
 """
 
 from __future__ import annotations
@@ -27,17 +28,27 @@ from recsys_core.text_features import TextEncoder, item_text, load_mean_pooled_e
 from recsys_core.tracking import MlflowSettings
 
 LOSSES = ("mse", "contrastive")
+HEAD_INITS = ("ridge", "random")
 
 
 @dataclass(frozen=True)
 class FineTuneConfig:
     """`layers`: how many top BERT layers train; `loss`: "mse" on the scaled factors or "contrastive" (in-batch InfoNCE
-    between predicted and true factor directions). ALS settings are `ImplicitALS`'s defaults."""
+    between predicted and true factor directions). ALS settings are `ImplicitALS`'s defaults.
+
+    `head_init="ridge"` starts the head at the ridge regression (`probe_lambda`) of the factors on the frozen vectors,
+    then trains layers and head together at one small learning rate (linear probe, then fine-tune): the layers learn
+    what the frozen vectors miss instead of being pulled about by a random head, which moved the validation nDCG@10
+    by up to 0.04 from one epoch to the next. Validation items (never test), nDCG@10 after 6 epochs: seed 42 0.476
+    (random head with `head_lr` 1e-3: 0.465, frozen 0.430), seed 7 0.466 (frozen 0.441).
+    """
 
     layers: int = 2
     epochs: int = 6
     lr: float = 1e-4
-    head_lr: float = 1e-3
+    head_lr: float = 1e-4
+    head_init: str = "ridge"
+    probe_lambda: float = 1.0
     weight_decay: float = 0.01
     batch_size: int = 64
     loss: str = "mse"
@@ -49,6 +60,8 @@ class FineTuneConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss={self.loss!r}: expected one of {LOSSES}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init={self.head_init!r}: expected one of {HEAD_INITS}")
         if self.layers < 1 or self.epochs < 1 or self.batch_size < 2:
             raise ValueError(
                 f"need layers >= 1, epochs >= 1, batch_size >= 2; got {self.layers}, {self.epochs}, {self.batch_size}"
@@ -80,7 +93,8 @@ class FineTuneResult:
     key: str  # hash of (base model, config, item texts, training ratings): the fine-tune's cache key
     losses: list[float] = field(default_factory=list)  # mean training loss per epoch
     n_items: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall time
+    cpu_seconds: float = 0.0  # CPU time of all this process's threads: what a busy shared machine inflates far less
     trained: bool = True  # False when an earlier identical fine-tune was loaded from the cache
     mlflow_run_id: str = ""
 
@@ -114,6 +128,17 @@ class _TopLayers(nn.Module):
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         vectors = nn.functional.normalize(pooled, dim=1)
         return vectors, self.head(vectors)
+
+    def init_head_by_ridge(self, hidden: list[torch.Tensor], target: torch.Tensor, lam: float) -> None:
+        """Sets the head to the ridge regression (with intercept) of `target` on the vectors the layers give now."""
+        with torch.no_grad():
+            vectors = torch.cat([self(*_pad(hidden[start : start + 128], 0.0))[0] for start in range(0, len(hidden), 128)])
+            design = torch.cat([vectors, torch.ones(len(vectors), 1)], dim=1).double()
+            penalty = lam * torch.eye(design.shape[1], dtype=torch.float64)
+            penalty[-1, -1] = 0.0
+            weights = torch.linalg.solve(design.T @ design + penalty, design.T @ target.double())
+            self.head.weight.copy_(weights[:-1].T)
+            self.head.bias.copy_(weights[-1])
 
     def adapter(self) -> dict[str, torch.Tensor]:
         tensors = {
@@ -174,6 +199,9 @@ def fine_tune(
     hidden = _frozen_hidden(bert, base.tokenizer, texts, top.first, min(config.max_length, base.max_length))
     # Factors scaled to unit RMS, so one learning rate fits any ALS regularisation.
     target = torch.from_numpy(factors / max(float(np.sqrt((factors**2).mean())), 1e-12)).float()
+    top.eval()  # no dropout: the few items of a catalogue are better served by weight decay and few epochs
+    if config.head_init == "ridge":
+        top.init_head_by_ridge(hidden, target, config.probe_lambda)
     optimiser = torch.optim.AdamW(
         [{"params": top.layers.parameters(), "lr": config.lr}, {"params": top.head.parameters(), "lr": config.head_lr}],
         weight_decay=config.weight_decay,
@@ -184,7 +212,6 @@ def fine_tune(
     batches = [torch.from_numpy(by_length[start : start + config.batch_size]) for start in starts]
     generator = torch.Generator().manual_seed(config.seed)
     losses = []
-    top.eval()  # no dropout: the few items of a catalogue are better served by weight decay and few epochs
     for _ in range(config.epochs):
         total = 0.0
         for index in torch.randperm(len(batches), generator=generator).tolist():
@@ -230,14 +257,14 @@ def fine_tune_cached(
         summary = json.loads(summary_path.read_text())
         return FineTuneResult(**{**summary, "adapter_path": folder / "adapter.safetensors", "trained": False})
 
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     tensors, losses = fine_tune(items, train, base, config, targets)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     metadata = {"base_model": base.model_id, "config": json.dumps(config.to_dict(), sort_keys=True), "key": key}
     adapter_path = folder / "adapter.safetensors"
     fingerprint = save_adapter(tensors, adapter_path, metadata)
     n_items = int(items[ITEM_ID].isin(train[ITEM_ID]).sum())
-    result = FineTuneResult(adapter_path, fingerprint, key, losses, n_items, round(seconds, 2))
+    result = FineTuneResult(adapter_path, fingerprint, key, losses, n_items, round(seconds, 2), round(cpu_seconds, 2))
     if mlflow is not None:
         result.mlflow_run_id = _log_run(result, base, config, mlflow)
     # Written last and atomically: a summary on disk means a complete adapter beside it.
@@ -255,7 +282,7 @@ def _log_run(result: FineTuneResult, base: TextEncoder, config: FineTuneConfig, 
         mlflow.log_params({**config.to_dict(), "base_model": base.model_id, "n_items": result.n_items})
         for epoch, loss in enumerate(result.losses):
             mlflow.log_metric("finetune_loss", loss, step=epoch)
-        mlflow.log_metric("train_seconds", result.train_seconds)
+        mlflow.log_metrics({"train_seconds": result.train_seconds, "train_cpu_seconds": result.cpu_seconds})
         mlflow.log_artifact(str(result.adapter_path), artifact_path="adapter")
         mlflow.log_dict({**result.to_json(), "fingerprint": result.fingerprint}, "adapter/fine_tune.json")
         return run.info.run_id

@@ -45,12 +45,15 @@ class TextFeaturesConfig(Config):
     fine_tune_epochs: int = Field(FineTuneConfig.epochs, description="Passes over the items with training ratings.")
     fine_tune_lr: float = Field(FineTuneConfig.lr, description="AdamW learning rate of the BERT layers.")
     fine_tune_loss: str = Field(FineTuneConfig.loss, description='"mse" on the scaled factors or "contrastive" (InfoNCE).')
+    fine_tune_head_init: str = Field(
+        FineTuneConfig.head_init, description='"ridge": the head starts at the ridge probe of the frozen vectors; "random".'
+    )
     fine_tune_seed: int = Field(FineTuneConfig.seed, description="Seeds the ALS targets, the head and the batch order.")
 
     def fine_tune_config(self) -> FineTuneConfig:
         return FineTuneConfig(
             layers=self.fine_tune_layers, epochs=self.fine_tune_epochs, lr=self.fine_tune_lr,
-            loss=self.fine_tune_loss, seed=self.fine_tune_seed,
+            loss=self.fine_tune_loss, head_init=self.fine_tune_head_init, seed=self.fine_tune_seed,
         )  # fmt: skip
 
 
