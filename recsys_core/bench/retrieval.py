@@ -131,8 +131,11 @@ def catalogue_rows(
 
 
 def retrieval_rows(
-    sizes: list[int], dim: int, calls: int, budget_s: float, config: IndexConfig = IndexConfig()
+    sizes: list[int], dim: int, calls: int, budget_s: float, config: IndexConfig = IndexConfig(target_recall=0.96)
 ) -> list[dict[str, Any]]:
+    """The engines at each catalogue size. The index is tuned to recall@10 0.96 on 100 users so that the other 100,
+    on which the 0.95 goal is judged, clear it: nprobe now moves in 25% steps, and a tuning that stops just above
+    0.95 lands on either side of it on other users."""
     rows = []
     for n_items in sizes:
         needed_gb = n_items * dim * 4 / 1e9 * 1.4 + 1.0
@@ -153,7 +156,8 @@ def retrieval_goals(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     goals: dict[str, dict[str, Any]] = {}
     large = pick(10_000_000, "serving index")
     goals["10M items: serving index p99 <= 5 ms single-user at recall@10 >= 0.95"] = (
-        {"goal": "p99 <= 5 ms, recall >= 0.95", "value": f"p99 {large['p99_ms']:.2f} ms, recall {large['recall_at_10']:.3f}",
+        {"goal": "p99 <= 5 ms, recall >= 0.95", "value": f"p99 {large['p99_ms']:.2f} ms (CPU p99 {large['cpu_p99_ms']:.2f} ms), "
+                  f"recall {large['recall_at_10']:.3f}",
          "passed": bool(large["p99_ms"] <= 5.0 and large["recall_at_10"] >= 0.95)}
         if large else {"goal": "p99 <= 5 ms, recall >= 0.95", "value": "not run", "passed": False}
     )  # fmt: skip
