@@ -73,14 +73,17 @@ def test_cells_partition_directions_whatever_the_norms() -> None:
     """Log-normal norms (the bench's catalogue): inner-product k-means on raw vectors piles items into the cells of
     the largest-norm centroids; cells over directions stay balanced and reach the recall target."""
     matrix, users = synthetic_catalogue(30_000, 24, 60, clusters=100)
-    index = ItemIndex.build(matrix, IndexConfig(nprobe=1))
+    index = ItemIndex.build(matrix, IndexConfig(nprobe=1, hnsw_quantizer_from=512))  # two-level k-means, HNSW adds
     assert index.params["partition"] == "direction" and index.params["nlist"] == 512
+    assert isinstance(faiss.downcast_index(index.ivf.quantizer), faiss.IndexFlatIP)  # queries scan the centroids
     centroids = index.ivf.quantizer.reconstruct_n(0, index.ivf.nlist)
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
     sizes = np.array([index.ivf.invlists.list_size(i) for i in range(index.ivf.nlist)])
     assert index.ivf.invlists.imbalance_factor() < 2.0 and sizes.max() < 8 * sizes.mean()
     assert index.tune(users, None) >= 0.95
     assert index.params["nprobe"] < index.ivf.nlist / 4  # the recall target is met well before a full scan
+    reloaded = ItemIndex(faiss.deserialize_index(faiss.serialize_index(index.ivf)), matrix, index.params)
+    np.testing.assert_array_equal(reloaded.search(users, 10)[1], index.search(users, 10)[1])
 
 
 def test_index_chosen_by_size_and_holds_no_copy_of_the_matrix() -> None:

@@ -101,7 +101,8 @@ def catalogue_rows(
     index = ItemIndex.build(items, config)
     build_s, build_rss_growth = time.perf_counter() - build_started, _rss_gb() - rss_before_build
     index.tune(tune_users, None)
-    print(f"    index built in {build_s:.1f} s (RSS +{build_rss_growth:.2f} GB), tuned to nprobe {index.params['nprobe']}", flush=True)
+    print(f"    index built in {build_s:.1f} s (RSS +{build_rss_growth:.2f} GB), nprobe tuned to {index.params['nprobe']}",
+          flush=True)
     engines: list[tuple[str, Callable[[np.ndarray], np.ndarray], float, int]] = [
         ("onnxruntime exact scan", ort_scan, 0.0, 0),
         ("numpy matvec + argpartition", lambda q: exact_top_k(items, q, 10)[1], 0.0, 0),
