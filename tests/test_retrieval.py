@@ -7,10 +7,13 @@ import numpy as np
 import onnx
 import pytest
 
+import faiss
+
+from recsys_core.bench.retrieval import synthetic_catalogue
 from recsys_core.bench.serving import build_random_bundle, random_ratings
 from recsys_core.export import export_onnx
 from recsys_core.model import ModelBundle
-from recsys_core.retrieval import INDEX_FILE, IndexConfig, ItemIndex, exact_top_k, recall_at_k
+from recsys_core.retrieval import INDEX_FILE, IndexConfig, ItemIndex, build_item_index, exact_top_k, recall_at_k
 from recsys_core.serving.scorer import History, OnnxScorer
 from recsys_dagster.assets.export import recall_check
 
@@ -64,6 +67,35 @@ def test_codes_are_half_a_byte_per_subvector() -> None:
     assert index.params["kind"] == "ivf-pq4fs" and index.params["code_bytes_per_item"] == 5  # 17 -> 18 dims / 2 / 2
     assert index.params["nlist"] == 256  # about 4 sqrt(4000)
     assert index.tune(users, None) >= 0.9
+
+
+def test_cells_partition_directions_whatever_the_norms() -> None:
+    """Log-normal norms (the bench's catalogue): inner-product k-means on raw vectors piles items into the cells of
+    the largest-norm centroids; cells over directions stay balanced and reach the recall target."""
+    matrix, users = synthetic_catalogue(30_000, 24, 60, clusters=100)
+    index = ItemIndex.build(matrix, IndexConfig(nprobe=1, hnsw_quantizer_from=512))  # two-level k-means, HNSW adds
+    assert index.params["partition"] == "direction" and index.params["nlist"] == 512
+    assert isinstance(faiss.downcast_index(index.ivf.quantizer), faiss.IndexFlatIP)  # queries scan the centroids
+    centroids = index.ivf.quantizer.reconstruct_n(0, index.ivf.nlist)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-4)
+    sizes = np.array([index.ivf.invlists.list_size(i) for i in range(index.ivf.nlist)])
+    assert index.ivf.invlists.imbalance_factor() < 2.0 and sizes.max() < 8 * sizes.mean()
+    assert index.tune(users, None) >= 0.95
+    assert index.params["nprobe"] < index.ivf.nlist / 4  # the recall target is met well before a full scan
+    reloaded = ItemIndex(faiss.deserialize_index(faiss.serialize_index(index.ivf)), matrix, index.params)
+    np.testing.assert_array_equal(reloaded.search(users, 10)[1], index.search(users, 10)[1])
+
+
+def test_index_chosen_by_size_and_holds_no_copy_of_the_matrix() -> None:
+    matrix, users = clustered(5_000, 16)
+    exclude = [np.zeros(0, np.int64)] * len(users)
+    index, entry = build_item_index(matrix, users, exclude, IndexConfig(exact_max_items=5_000))
+    assert index is None and entry["kind"] == "exact" and entry["recall_at_10"] == 1.0
+    index, entry = build_item_index(matrix, users, exclude, IndexConfig(exact_max_items=4_999))
+    assert index is not None and entry["kind"] == "ivf-pq4fs" and entry["recall_at_10"] >= 0.95
+    assert index.matrix is matrix
+    # everything the FAISS index holds (codes, ids, centroids) is far smaller than one float32 copy of the items
+    assert len(faiss.serialize_index(index.ivf)) < matrix.nbytes / 2
 
 
 @pytest.mark.slow

@@ -49,20 +49,22 @@ def synthetic_catalogue(
 
 def _timed_searches(
     search: Callable[[np.ndarray], np.ndarray], users: np.ndarray, n: int, budget_s: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(milliseconds per single-user call, top-10 of each user reached): up to `n` calls cycling through `users`,
-    stopping once `budget_s` is spent (after at least 10 calls)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(wall ms per single-user call, CPU ms per call (all threads of the process), top-10 of each user reached): up
+    to `n` calls cycling through `users`, stopping once `budget_s` is spent (after at least 10 calls). CPU time is
+    what a call costs whatever else the machine runs; wall time is what a user waits on this machine now."""
     search(users[:1])  # warm-up
-    timings, found, deadline = [], [], time.perf_counter() + budget_s
+    timings, cpu, found, deadline = [], [], [], time.perf_counter() + budget_s
     for i in range(n):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = search(users[i % len(users)][None])
         timings.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - cpu_started) * 1000)
         if i < len(users):
             found.append(result[0])
         if i >= 10 and started > deadline:
             break
-    return np.array(timings), np.stack(found)
+    return np.array(timings), np.array(cpu), np.stack(found)
 
 
 def _rss_gb() -> float:
@@ -95,10 +97,12 @@ def catalogue_rows(
     def faiss_flat(q: np.ndarray) -> np.ndarray:
         return faiss.knn(q, items, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
 
-    build_started = time.perf_counter()
+    build_started, rss_before_build = time.perf_counter(), _rss_gb()
     index = ItemIndex.build(items, config)
-    build_s = time.perf_counter() - build_started
+    build_s, build_rss_growth = time.perf_counter() - build_started, _rss_gb() - rss_before_build
     index.tune(tune_users, None)
+    print(f"    index built in {build_s:.1f} s (RSS +{build_rss_growth:.2f} GB), nprobe tuned to {index.params['nprobe']}",
+          flush=True)
     engines: list[tuple[str, Callable[[np.ndarray], np.ndarray], float, int]] = [
         ("onnxruntime exact scan", ort_scan, 0.0, 0),
         ("numpy matvec + argpartition", lambda q: exact_top_k(items, q, 10)[1], 0.0, 0),
@@ -107,15 +111,19 @@ def catalogue_rows(
     ]  # fmt: skip
     rows = []
     for name, search, build_seconds, extra_bytes in engines:
-        latency, found = _timed_searches(search, test_users, calls, budget_s)
+        faiss.cvar.indexIVF_stats.reset()
+        latency, cpu, found = _timed_searches(search, test_users, calls, budget_s)
+        scanned = faiss.cvar.indexIVF_stats.ndis / (len(latency) + 1)  # + the warm-up call
         rows.append({
             **common, "engine": name, "p50_ms": float(np.percentile(latency, 50)), "p99_ms": float(np.percentile(latency, 99)),
+            "cpu_p50_ms": float(np.percentile(cpu, 50)), "cpu_p99_ms": float(np.percentile(cpu, 99)),
             "calls": len(latency), "recall_at_10": recall_at_k(found, truth[: len(found)]), "recall_users": len(found),
-            "build_s": round(build_seconds, 2),
+            "codes_scanned_per_call": round(scanned), "build_s": round(build_seconds, 2),
             "extra_memory_gb": round(extra_bytes / 1e9, 3), "rss_gb": round(_rss_gb(), 2),
         })  # fmt: skip
         row = rows[-1]
-        print(f"    {name:<40} p50 {row['p50_ms']:8.3f} ms  p99 {row['p99_ms']:8.3f} ms  recall@10 {row['recall_at_10']:.3f}", flush=True)
+        print(f"    {name:<40} p50 {row['p50_ms']:8.3f} ms  p99 {row['p99_ms']:8.3f} ms  (CPU p50 {row['cpu_p50_ms']:.3f}"
+              f" p99 {row['cpu_p99_ms']:.3f} ms)  recall@10 {row['recall_at_10']:.3f}", flush=True)
     for row in rows:
         row["rss_growth_over_matrix"] = round((row["rss_gb"] - rss_start) / (items.nbytes / 1e9), 3)
     del session, index, items
@@ -124,8 +132,11 @@ def catalogue_rows(
 
 
 def retrieval_rows(
-    sizes: list[int], dim: int, calls: int, budget_s: float, config: IndexConfig = IndexConfig()
+    sizes: list[int], dim: int, calls: int, budget_s: float, config: IndexConfig = IndexConfig(target_recall=0.96)
 ) -> list[dict[str, Any]]:
+    """The engines at each catalogue size. The index is tuned to recall@10 0.96 on 100 users so that the other 100,
+    on which the 0.95 goal is judged, clear it: nprobe now moves in 25% steps, and a tuning that stops just above
+    0.95 lands on either side of it on other users."""
     rows = []
     for n_items in sizes:
         needed_gb = n_items * dim * 4 / 1e9 * 1.4 + 1.0
@@ -146,7 +157,8 @@ def retrieval_goals(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     goals: dict[str, dict[str, Any]] = {}
     large = pick(10_000_000, "serving index")
     goals["10M items: serving index p99 <= 5 ms single-user at recall@10 >= 0.95"] = (
-        {"goal": "p99 <= 5 ms, recall >= 0.95", "value": f"p99 {large['p99_ms']:.2f} ms, recall {large['recall_at_10']:.3f}",
+        {"goal": "p99 <= 5 ms, recall >= 0.95", "value": f"p99 {large['p99_ms']:.2f} ms (CPU p99 {large['cpu_p99_ms']:.2f} ms), "
+                  f"recall {large['recall_at_10']:.3f}",
          "passed": bool(large["p99_ms"] <= 5.0 and large["recall_at_10"] >= 0.95)}
         if large else {"goal": "p99 <= 5 ms, recall >= 0.95", "value": "not run", "passed": False}
     )  # fmt: skip
