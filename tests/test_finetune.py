@@ -3,6 +3,8 @@ is cached (no retraining, no re-encoding), is logged to MLflow, and trains exact
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 import mlflow
@@ -11,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys_core.bench import coldstart
 from recsys_core.bench.coldstart import ridge_factors, split_items
 from recsys_core.finetune import FineTuneConfig, FineTunedTextEncoder, fine_tune_cached
 from recsys_core.finetune.train import _frozen_hidden, _pad, _TopLayers
@@ -121,19 +124,16 @@ def write_movielens(folder: Path, n_items: int = 40, n_users: int = 30, seed: in
     lines = [f"{u}\t{i}\t{rng.integers(1, 6)}\t{881250949 + u * 1000 + i}" for u in range(1, n_users + 1)
              for i in range(1, n_items + 1) if rng.random() < 0.4]  # fmt: skip
     (folder / "u.data").write_text("\n".join(lines) + "\n")
-    flags = lambda i: "|".join("1" if g == i % 19 else "0" for g in range(19))  # noqa: E731
-    rows = [f"{i}|{make_items(n_items)['title'][i - 1]} (199{i % 10})|01-Jan-199{i % 10}||http://x|{flags(i)}"
-            for i in range(1, n_items + 1)]  # fmt: skip
+    titles = make_items(n_items)["title"]
+    rows = []
+    for i in range(1, n_items + 1):
+        genre_flags = "|".join("1" if genre == i % 19 else "0" for genre in range(19))
+        rows.append(f"{i}|{titles[i - 1]} (199{i % 10})|01-Jan-199{i % 10}||http://x|{genre_flags}")
     (folder / "u.item").write_text("\n".join(rows) + "\n", encoding="latin-1")
     return folder
 
 
 def test_coldstart_bench_averages_seeds_and_reuses_the_fine_tunes(tiny_bert: Path, tmp_path: Path) -> None:
-    import argparse
-    import json
-
-    from recsys_core.bench import coldstart
-
     parser = argparse.ArgumentParser()
     coldstart.add_arguments(parser)
     data = write_movielens(tmp_path / "ml")
