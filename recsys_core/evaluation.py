@@ -84,7 +84,7 @@ def baseline_fit_costs(models: dict[str, FittedModel]) -> dict[str, str]:
         if hasattr(model, "iterations_run"):
             costs[name] = f"{model.iterations_run} of {model.iterations} iterations"
         elif hasattr(model, "steps_per_epoch"):
-            costs[name] = f"{model.epochs} epochs x {model.steps_per_epoch} steps"
+            costs[name] = f"{model.epochs_run} of {model.epochs} epochs x {model.steps_per_epoch} steps"
     return costs
 
 

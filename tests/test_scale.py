@@ -169,10 +169,12 @@ def test_baseline_fit_caps_bite_only_on_large_data(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(classic, "MAX_ALS_RATING_ITERATIONS", 2 * len(ratings))
     monkeypatch.setattr(classic, "MAX_PARAMETER_STEPS", 2 * (60 + 80) * 9)  # 2 epochs x 1 step x the parameters
     monkeypatch.setattr(classic, "MIN_STEPS_PER_EPOCH", 1)
+    monkeypatch.setattr(classic, "MAX_MF_RATING_EPOCHS", 3 * len(ratings))
+    assert BiasedMF(dim=8, epochs=5, batch_size=256).fit(ratings, items).epochs_run == 3
     capped = ImplicitALS(dim=8, iterations=4).fit(ratings, items), BiasedMF(dim=8, epochs=2, batch_size=256).fit(ratings, items)
     assert capped[0].iterations_run == classic.MIN_ALS_ITERATIONS and capped[1].steps_per_epoch == 1
     assert ev.baseline_fit_costs({"implicit_als": capped[0], "biased_mf": capped[1], "most_popular": MostPopular()}) == {
-        "implicit_als": "3 of 4 iterations", "biased_mf": "2 epochs x 1 steps"}
+        "implicit_als": "3 of 4 iterations", "biased_mf": "2 of 2 epochs x 1 steps"}
 
 
 def test_budget_resizes_the_cosine_to_the_epochs_that_fit() -> None:

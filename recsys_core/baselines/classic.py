@@ -29,6 +29,10 @@ MAX_STEPS_PER_EPOCH = 1_000
 # under `MIN_STEPS_PER_EPOCH`). Bounds time, not chosen for quality.
 MAX_PARAMETER_STEPS = 2e10
 MIN_STEPS_PER_EPOCH = 25
+# Each `BiasedMF` epoch also gathers and scatters every training rating's factors: at most this many epochs x ratings
+# per fit (40 epochs up to 1M training ratings), never under `MIN_MF_EPOCHS`. Bounds time, not chosen for quality.
+MAX_MF_RATING_EPOCHS = 40_000_000
+MIN_MF_EPOCHS = 3
 # ALS (ours and `implicit`'s) visits every training rating twice per iteration: at most this many iterations x
 # ratings per fit (15 iterations up to 1M training ratings). Bounds time, not chosen for quality.
 MAX_ALS_RATING_ITERATIONS = 15_000_000
@@ -198,7 +202,8 @@ class BiasedMF(_FactorModel):
     reg 0.1 was chosen on a stratified seed-7 75/25 split of u.data (RMSE 0.920; 0.949 at the former 0.05).
     An epoch takes at most `MAX_STEPS_PER_EPOCH` steps (larger batches above 1M ratings), and fewer when the fit
     would exceed `MAX_PARAMETER_STEPS`: every Adam step updates the whole factor matrices, so at 25M ratings batches
-    of 1024 would take hours. `steps_per_epoch` says what the fit used.
+    of 1024 would take hours; and it runs fewer epochs above `MAX_MF_RATING_EPOCHS`. `epochs_run` and
+    `steps_per_epoch` say what the fit used.
     """
 
     name = "biased_mf"
@@ -220,11 +225,12 @@ class BiasedMF(_FactorModel):
         optimizer = torch.optim.Adam([P, Q, bu, bi], lr=self.lr)
         users, itemsx = torch.from_numpy(u), torch.from_numpy(i)
         target = torch.from_numpy(r - self.global_mean)
+        self.epochs_run = capped_iterations(self.epochs, len(r), MAX_MF_RATING_EPOCHS, MIN_MF_EPOCHS)
         n_parameters = (n_users + n_items) * (self.dim + 1)
-        affordable = int(MAX_PARAMETER_STEPS // (self.epochs * n_parameters))
+        affordable = int(MAX_PARAMETER_STEPS // (self.epochs_run * n_parameters))
         batch_size = max(self.batch_size, -(-len(r) // min(MAX_STEPS_PER_EPOCH, max(MIN_STEPS_PER_EPOCH, affordable))))
         self.steps_per_epoch = -(-len(r) // batch_size)
-        for _ in range(self.epochs):
+        for _ in range(self.epochs_run):
             order = torch.randperm(len(r), generator=generator)
             for start in range(0, len(r), batch_size):
                 b = order[start : start + batch_size]
