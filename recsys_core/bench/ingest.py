@@ -102,7 +102,7 @@ def _run_case(case: dict[str, Any]) -> dict[str, Any]:
         return pool.apply(_measure, (case,))
 
 
-def _scaling(rows: list[dict[str, Any]]) -> dict[str, float]:
+def _scaling(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Memory and time per extra million rows between the smallest and largest synthetic case: the fixed costs
     (the item catalogue, GE's first run of a suite, Arrow buffers) cancel out."""
     synthetic = sorted((r for r in rows if r["dataset"].startswith("synthetic")), key=lambda r: r["ratings"])
@@ -112,9 +112,10 @@ def _scaling(rows: list[dict[str, Any]]) -> dict[str, float]:
     million_rows = (large["ratings"] - small["ratings"]) / 1e6
     extra_mb = (large["peak_mem_mb"] - small["peak_mem_mb"]) / million_rows
     parquet_mb = (large["source_mb"] - small["source_mb"]) / million_rows
+    extra_s = large["total_s"] - small["total_s"]  # small cases on a busy machine can tie or even invert
     return {"peak_mem_mb_per_extra_1M_rows": round(extra_mb, 1), "parquet_mb_per_1M_rows": round(parquet_mb, 1),
-            "marginal_mem_over_parquet": round(extra_mb / parquet_mb, 2),
-            "ratings_per_s_marginal": round(million_rows * 1e6 / (large["total_s"] - small["total_s"]))}  # fmt: skip
+            "marginal_mem_over_parquet": round(extra_mb / parquet_mb, 2) if parquet_mb > 0 else None,
+            "ratings_per_s_marginal": round(million_rows * 1e6 / extra_s) if extra_s > 0 else None}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
