@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,34 +13,30 @@ from pathlib import Path
 import httpx
 
 from recsys_core.events.redis_process import free_port
+from recsys_core.serving.process import wait_port, wait_ready
 
 
 @contextmanager
 def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str = "/health") -> Iterator[httpx.Client]:
-    """`recsys serve` (uvicorn) in a subprocess on a free port, serving `model_dir`; yields a client once `ready_path`
-    answers 200, and stops the server after."""
-    port = free_port()
-    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", str(port),
-               "--providers", "cpu", *args]  # fmt: skip
+    """`recsys serve` (uvicorn) in a subprocess on a port the OS picks (`--port-file`), serving `model_dir`; yields a
+    client once `ready_path` answers 200, and stops the server after."""
+    port_file = log_path.with_suffix(".port")
+    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", "0",
+               "--port-file", str(port_file), "--providers", "cpu", *args]  # fmt: skip
     with log_path.open("w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RECSYS_HOME": str(log_path.parent)})
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client = None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()[-2000:]}")
-            try:
-                if client.get(ready_path).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the service did not answer {ready_path} within 60 s")
-            time.sleep(0.2)
+        try:
+            port = wait_port(port_file, lambda: server.poll() is not None, 60.0)
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+            wait_ready(client, lambda: server.poll() is not None, 60.0, ready_path)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}: {log_path.read_text()[-2000:]}") from None
         yield client
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         server.terminate()
         server.wait(timeout=20)
 

@@ -17,7 +17,7 @@ from dagster import DagsterInstance, materialize
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
-from recsys_core.bench.serving import free_port
+from recsys_core.events.redis_process import free_port
 from recsys_core.events import open_store
 from recsys_core.experiments import attribution
 from recsys_core.experiments.assignment import Assigner, assign_shares

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_core.bench.serving import build_random_bundle, free_port, random_ratings
+from recsys_core.bench.serving import build_random_bundle, random_ratings
+from recsys_core.events.redis_process import free_port
 from recsys_core.experiments import attribution, simulate_command
 from recsys_core.experiments.simulation import SimulatedUsers
 from recsys_core.export import export_onnx

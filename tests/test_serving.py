@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from recsys_core.bench.serving import build_random_bundle, random_ratings, run_load_client
 from recsys_core.export import export_onnx
+from recsys_core.serving.serve import listen
 from recsys_dagster.cli import build_parser
 from servers import recsys_service
 
@@ -157,3 +159,15 @@ def test_cli_registers_serve_and_bench() -> None:
     assert parser.parse_args(["bench", "serving", "--quick"]).quick
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--model-dir", "x", "--registry-alias", "champion"])
+
+
+def test_port_file_names_the_port_already_listening(tmp_path: Path) -> None:
+    """`--port 0 --port-file`: the port is bound before it is written, so a parent connecting to it reaches this
+    service and no other process that happened to pick the same free port."""
+    port_file = tmp_path / "serve.port"
+    with listen("127.0.0.1", 0, port_file) as sock:
+        port = int(port_file.read_text())
+        assert port == sock.getsockname()[1] and port > 0
+        assert not port_file.with_name("serve.port.partial").exists()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass

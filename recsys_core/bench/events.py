@@ -28,12 +28,13 @@ import pandas as pd
 
 from recsys_core.bench.event_load import batch_events
 from recsys_core.bench.report import write_report
-from recsys_core.bench.serving import _wait_healthy, build_random_bundle, free_port, random_ratings
+from recsys_core.bench.serving import _wait_healthy, build_random_bundle, random_ratings
 from recsys_core.events import EventMapping, events_frame, open_store
 from recsys_core.events.feedback import window_bounds, window_key
 from recsys_core.events.redis_process import RedisServer
 from recsys_core.export import export_onnx
 from recsys_core.serving.auth import hash_key
+from recsys_core.serving.process import wait_port
 
 KEY = "bench-events-write-key"
 # Store name -> its durability setting (SQLite `synchronous`, Redis `appendfsync`); each fsync costs what the disk does.
@@ -52,24 +53,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Service:
-    """`recsys serve` in a subprocess on a fixed port, so it can be SIGKILLed and started again on the same store."""
+    """`recsys serve` in a subprocess that can be SIGKILLed and started again on the same store and port: the first
+    start lets the OS pick the port (`--port 0 --port-file`, no race with other processes), later ones reuse it."""
 
     def __init__(
         self, model_dir: Path, store_url: str, workdir: Path, keys: dict[str, list[str]] | None = None, *extra: str
     ) -> None:
         """`keys`: clear key -> scopes (hashed into the keys file); default the bench's write key."""
-        self.port, self.workdir, self.process = free_port(), workdir, None
+        self.port, self.workdir, self.process = 0, workdir, None
         keys_file = workdir / "keys.json"
         entries = [{"name": f"key{i}", "sha256": hash_key(key), "scopes": scopes}
                    for i, (key, scopes) in enumerate((keys or {KEY: ["write"]}).items())]  # fmt: skip
         keys_file.write_text(json.dumps({"keys": entries}))
-        self.command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port",
-                        str(self.port), "--reload-interval", "0", "--providers", "cpu", "--event-store", store_url,
+        self.command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir),
+                        "--reload-interval", "0", "--providers", "cpu", "--event-store", store_url,
                         "--api-keys", str(keys_file), *extra]  # fmt: skip
 
     def start(self) -> Service:
+        port_file = self.workdir / "server.port"
+        port_file.unlink(missing_ok=True)
         with (self.workdir / "server.log").open("a") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            command = [*self.command, "--port", str(self.port), "--port-file", str(port_file)]
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.port = wait_port(port_file, lambda: self.process.poll() is not None, 60.0)
         _wait_healthy(self.port)
         return self
 

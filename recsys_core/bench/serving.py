@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from recsys_core.model import HybridConfig, HybridRecommender, ModelBundle, buil
 from recsys_core.retrieval import IndexConfig
 from recsys_core.schema import IdIndex
 from recsys_core.serving.auth import hash_key
+from recsys_core.serving.process import wait_port
 from recsys_core.serving.providers import physical_cores
 from recsys_core.serving.scorer import LARGE_MATRIX_BYTES, History, OnnxScorer
 from recsys_core.training import TrainConfig
@@ -189,12 +189,6 @@ def in_process_rows(name: str, model_dir: Path, fp32_dir: Path, int8_dir: Path, 
 
 
 # ---- HTTP --------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_load_client(spec: dict[str, Any]) -> dict[str, Any]:
     """The load generator in a second process; returns its JSON result."""
     process = subprocess.run(
@@ -215,13 +209,20 @@ def _wait_healthy(port: int, timeout: float = 60.0) -> dict[str, Any]:
 
 
 def start_server(
-    model_dir: Path, port: int, reload_interval: float, log_path: Path, threads: int = 1, api_keys: Path | None = None
-) -> subprocess.Popen:
-    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", str(port),
-               "--reload-interval", str(reload_interval), "--threads", str(threads), "--providers", "cpu",
-               *(["--api-keys", str(api_keys)] if api_keys else [])]  # fmt: skip
+    model_dir: Path, reload_interval: float, log_path: Path, threads: int = 1, api_keys: Path | None = None
+) -> tuple[subprocess.Popen, int]:
+    """The service on a port the OS picks, and that port."""
+    port_file = log_path.with_suffix(".port")
+    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", "0",
+               "--port-file", str(port_file), "--reload-interval", str(reload_interval), "--threads", str(threads),
+               "--providers", "cpu", *(["--api-keys", str(api_keys)] if api_keys else [])]  # fmt: skip
     with log_path.open("w") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return process, wait_port(port_file, lambda: process.poll() is not None, 60.0)
+    except TimeoutError:
+        process.kill()
+        raise
 
 
 def http_rows(
@@ -237,8 +238,7 @@ def http_rows(
     keys_file = workdir / "keys.json"
     keys_file.write_text(json.dumps({"read_requires_key": True, "keys": [
         {"name": "bench", "sha256": hash_key(key), "scopes": ["read"], "limit": {"rate": 1e6, "burst": 1e6}}]}))  # fmt: skip
-    port = free_port()
-    server = start_server(served, port, reload_interval=0.25, log_path=workdir / "server.log", api_keys=keys_file)
+    server, port = start_server(served, reload_interval=0.25, log_path=workdir / "server.log", api_keys=keys_file)
     rows = []
     try:
         before = _wait_healthy(port)["model_version"]

@@ -14,18 +14,29 @@ from pathlib import Path
 
 import httpx
 
-from recsys_core.events.redis_process import free_port
 from recsys_core.serving.auth import hash_key
 
 
-def wait_ready(client: httpx.Client, exited: Callable[[], bool], timeout_s: float) -> None:
-    """Polls /health/ready until it answers 200; raises RuntimeError once `exited()` and TimeoutError after `timeout_s`."""
+def wait_port(port_file: Path, exited: Callable[[], bool], timeout_s: float) -> int:
+    """The port a service started with `--port 0 --port-file` listens on, once it has written it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text())
+        if exited():
+            raise RuntimeError("the service exited")
+        time.sleep(0.1)
+    raise TimeoutError(f"the service did not listen within {timeout_s:.0f} s")
+
+
+def wait_ready(client: httpx.Client, exited: Callable[[], bool], timeout_s: float, path: str = "/health/ready") -> None:
+    """Polls `path` until it answers 200; raises RuntimeError once `exited()` and TimeoutError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if exited():
             raise RuntimeError("the service exited")
         try:
-            if client.get("/health/ready").status_code == 200:
+            if client.get(path).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -42,26 +53,33 @@ class ServiceProcess:
         keys = self.log_path.with_suffix(".keys.json")
         keys.write_text(json.dumps({"keys": [{"name": "admin", "sha256": hash_key(self.admin_key), "scopes": ["admin"]},
                                              {"name": "writer", "sha256": hash_key(self.write_key), "scopes": ["write"]}]}))  # fmt: skip
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "recsys_core.serving.serve", *args, "--port", str(self.port),
-                        "--api-keys", str(keys)]  # fmt: skip
+        self.port_file = self.log_path.with_suffix(".port")
+        self.port, self.url = 0, ""
+        self.command = [sys.executable, "-m", "recsys_core.serving.serve", *args, "--port", "0",
+                        "--port-file", str(self.port_file), "--api-keys", str(keys)]  # fmt: skip
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> ServiceProcess:
         """Starts the service and waits until /health/ready answers 200 (raises with the log's tail if it exits)."""
+        self.port_file.unlink(missing_ok=True)
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        with httpx.Client(base_url=self.url, timeout=5) as client:
-            try:
-                wait_ready(client, lambda: self.process.poll() is not None, timeout_s)
-            except RuntimeError as error:
-                raise RuntimeError(f"{error}: {self.log_path.read_text()[-2000:]}") from None
-            except TimeoutError as error:
-                self.stop()
-                raise TimeoutError(f"{error}; see {self.log_path}") from None
+        started = time.monotonic()
+        try:
+            self.port = wait_port(self.port_file, self.exited, timeout_s)
+            self.url = f"http://127.0.0.1:{self.port}"
+            with httpx.Client(base_url=self.url, timeout=5) as client:
+                wait_ready(client, self.exited, timeout_s - (time.monotonic() - started))
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}: {self.log_path.read_text()[-2000:]}") from None
+        except TimeoutError as error:
+            self.stop()
+            raise TimeoutError(f"{error}; see {self.log_path}") from None
         return self
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
 
     def client(self, key: str = "", timeout_s: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout_s, headers={"X-API-Key": key} if key else None)

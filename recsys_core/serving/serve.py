@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registered-model-name", default=defaults.registered_model_name)
     parser.add_argument("--tracking-uri", default="", help="MLflow store; default sqlite under $RECSYS_HOME")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="0 = a free port chosen by the OS (see --port-file)")
+    parser.add_argument("--port-file", default="", help="written with the port once the socket listens: how a parent "
+                        "that started the service with --port 0 learns its port without racing other processes for it")
     parser.add_argument("--reload-interval", type=float, default=10.0, help="seconds between source polls; 0 = off")
     parser.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1,
@@ -123,8 +127,20 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:  # nothing to serve: say what and where, no traceback
         print(f"recsys serve: cannot serve {source.describe()}: {error}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    sock = listen(args.host, args.port, Path(args.port_file) if args.port_file else None)
+    uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False)).run(sockets=[sock])
     return 0
+
+
+def listen(host: str, port: int, port_file: Path | None) -> socket.socket:
+    """Binds before uvicorn starts, so the port written to `port_file` is already ours (connections wait in the
+    backlog until the server accepts them); written to a temporary name first, so a reader never sees half of it."""
+    sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    if port_file is not None:
+        partial = port_file.with_name(port_file.name + ".partial")
+        partial.write_text(str(sock.getsockname()[1]))
+        partial.replace(port_file)
+    return sock
 
 
 if __name__ == "__main__":  # `python -m recsys_core.serving.serve ...`: the service without the full CLI's imports
