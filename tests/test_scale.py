@@ -106,6 +106,22 @@ def test_baselines_fit_on_the_evaluated_users_plus_a_seeded_sample_within_the_ca
     assert set(ev.baseline_fit_sample(ratings, heavy, max_ratings=10, seed=1)["user_id"]) == set(heavy)
 
 
+def test_pipeline_bench_rows_carry_the_evaluation_samples() -> None:
+    from recsys_core.bench.pipeline import step_rows
+
+    log = {"parents": {"offline_metrics": ["train_ratings"], "train_ratings": []},
+           "steps": {"rating_splits": {"pid": 1, "start": 0.0, "end": 2.0, "status": "success",
+                                       "assets": {"train_ratings": {"dagster/row_count": 800}}},
+                     "offline_metrics": {"pid": 2, "start": 2.0, "end": 6.0, "status": "success",
+                                         "assets": {"offline_metrics": {"test_users": 20, "test_users_total": 90,
+                                                                        "baselines_fit_ratings": 500, "seconds": 4.0}}}}}  # fmt: skip
+    rows = {row["step"]: row for row in step_rows(1_000, log, {1: 2**20, 2: 2**21})}
+    evaluation = rows["offline_metrics"]
+    assert (evaluation["test_users"], evaluation["test_users_total"], evaluation["baselines_fit_ratings"]) == (20, 90, 500)
+    assert evaluation["rows_in"] == 800 and evaluation["peak_rss_gb"] == 2.0
+    assert "baselines_fit_ratings" not in rows["rating_splits"] and "seconds" not in evaluation
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # the whole graph: 4 min at load average 3-5 on 2 cores, over 15 at load 15
 def test_bench_pipeline_runs_the_whole_graph(tmp_path: Path) -> None:
