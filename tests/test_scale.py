@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from recsys_core import evaluation as ev
-from recsys_core.baselines import EASE, BiasedMF, ImplicitALS, MostPopular, item_item
+from recsys_core.baselines import EASE, BiasedMF, ImplicitALS, MostPopular, classic, item_item
 from recsys_core.synthetic import SyntheticConfig, generate_synthetic
 from recsys_core.split import stratified_random_split
 from recsys_core.training import HybridTrainer, TrainConfig, _PaddedRatings, sample_validation, train_hybrid
@@ -78,6 +78,48 @@ def test_user_sample_is_seeded_and_the_interval_covers_the_mean() -> None:
     per_user = pd.DataFrame({"ndcg@10": np.random.default_rng(0).random(400)})
     low, high = ev.mean_ci(per_user)["ndcg@10"]
     assert low < per_user["ndcg@10"].mean() < high and high - low == pytest.approx(2 * 1.96 * per_user["ndcg@10"].std() / 20)
+
+
+def test_top_k_is_the_head_of_the_stable_descending_sort() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n_items = int(rng.integers(1, 30))
+        scores = rng.integers(0, 4, (int(rng.integers(1, 6)), n_items)).astype(np.float64)  # many ties
+        scores[rng.random(scores.shape) < 0.3] = -np.inf
+        k = int(rng.integers(0, n_items + 1))
+        np.testing.assert_array_equal(classic.top_k_stable(scores, k), np.argsort(-scores, axis=1, kind="stable")[:, :k])
+
+
+def test_baselines_fit_on_the_evaluated_users_plus_a_seeded_sample_within_the_cap() -> None:
+    ratings, _ = generate_synthetic(n_users=200, n_items=80, n_ratings=4_000, seed=5)
+    evaluated = np.array([1, 2, 3])
+    assert ev.baseline_fit_sample(ratings, evaluated, max_ratings=0) is ratings
+    assert ev.baseline_fit_sample(ratings, evaluated, max_ratings=len(ratings)) is ratings
+    sample = ev.baseline_fit_sample(ratings, evaluated, max_ratings=1_000, seed=1)
+    assert len(sample) <= 1_000 and set(evaluated) <= set(sample["user_id"])
+    whole_users = ratings[ratings["user_id"].isin(sample["user_id"].unique())]
+    pd.testing.assert_frame_equal(sample, whole_users)  # users are kept with all their ratings
+    pd.testing.assert_frame_equal(sample, ev.baseline_fit_sample(ratings, evaluated, max_ratings=1_000, seed=1))
+    assert set(sample["user_id"]) != set(ev.baseline_fit_sample(ratings, evaluated, max_ratings=1_000, seed=2)["user_id"])
+    # the evaluated users are kept even when their own ratings exceed the cap
+    heavy = ratings["user_id"].value_counts().index[:5].to_numpy()
+    assert set(ev.baseline_fit_sample(ratings, heavy, max_ratings=10, seed=1)["user_id"]) == set(heavy)
+
+
+def test_pipeline_bench_rows_carry_the_evaluation_samples() -> None:
+    from recsys_core.bench.pipeline import step_rows
+
+    log = {"parents": {"offline_metrics": ["train_ratings"], "train_ratings": []},
+           "steps": {"rating_splits": {"pid": 1, "start": 0.0, "end": 2.0, "status": "success",
+                                       "assets": {"train_ratings": {"dagster/row_count": 800}}},
+                     "offline_metrics": {"pid": 2, "start": 2.0, "end": 6.0, "status": "success",
+                                         "assets": {"offline_metrics": {"test_users": 20, "test_users_total": 90,
+                                                                        "baselines_fit_ratings": 500, "seconds": 4.0}}}}}  # fmt: skip
+    rows = {row["step"]: row for row in step_rows(1_000, log, {1: 2**20, 2: 2**21})}
+    evaluation = rows["offline_metrics"]
+    assert (evaluation["test_users"], evaluation["test_users_total"], evaluation["baselines_fit_ratings"]) == (20, 90, 500)
+    assert evaluation["rows_in"] == 800 and evaluation["peak_rss_gb"] == 2.0
+    assert "baselines_fit_ratings" not in rows["rating_splits"] and "seconds" not in evaluation
 
 
 @pytest.mark.slow

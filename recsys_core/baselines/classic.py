@@ -45,6 +45,26 @@ def capped_iterations(iterations: int, n_ratings: int, budget: float, minimum: i
     return min(iterations, max(minimum, int(budget // max(n_ratings, 1))))
 
 
+def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row the column indices of the `k` largest scores, descending, ties by column index: exactly the first `k`
+    of a stable descending argsort, in time linear in the columns (a full sort of 62k items for 20k users took
+    minutes per baseline at ml-25m scale). Scores must not be NaN; `k` <= columns."""
+    if k == 0 or len(scores) == 0:
+        return np.zeros((len(scores), k), dtype=np.int64)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    above = scores > kth
+    tied = scores == kth
+    # of the items tied with the k-th score, the lowest indices fill the places left after the strictly larger ones
+    places = k - above.sum(axis=1)
+    chosen = above | tied
+    crowded = np.flatnonzero(tied.sum(axis=1) > places)
+    if len(crowded):
+        chosen[crowded] = above[crowded] | (tied[crowded] & (np.cumsum(tied[crowded], axis=1) <= places[crowded, None]))
+    columns = np.nonzero(chosen)[1].reshape(len(scores), k)
+    values = np.take_along_axis(scores, columns, axis=1)
+    return np.take_along_axis(columns, np.argsort(-values, axis=1, kind="stable"), axis=1)
+
+
 class MatrixRecommender:
     """Shared fitting state (id indexes, seen items) and top-k/rating lookup over a dense score function."""
 
@@ -115,8 +135,7 @@ class MatrixRecommender:
             known = np.flatnonzero(idx >= 0)
             seen = self.seen[idx[known]].tocoo()
             scores[known[seen.row], seen.col] = -np.inf
-        # stable descending order: ties broken by item index, so results are deterministic
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        order = top_k_stable(scores, k)
         return self._recs(user_ids, order, np.take_along_axis(scores, order, axis=1))
 
     def _recs(self, user_ids: np.ndarray, order: np.ndarray, top: np.ndarray) -> pd.DataFrame:

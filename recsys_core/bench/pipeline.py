@@ -33,6 +33,8 @@ ROW_KEYS = ("rows", "dagster/row_count", "n_items")
 GB = 2**30
 # what `trained_model` reports about its cost caps (`recsys_core.training.TrainCost`)
 TRAINING_KEYS = ("epochs_run", "epoch_users", "examples_per_s", "epoch_cap_bit", "budget_bit", "planned_epochs")
+# what `offline_metrics` reports about its user sample and the baselines' fit sample
+EVALUATION_KEYS = ("test_users", "test_users_total", "baselines_fit_ratings", "baselines_fit_seconds")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +133,9 @@ def step_rows(n: int, log: dict[str, Any], hwm_kb: dict[int, int]) -> list[dict[
         training = step["assets"].get("trained_model")
         if training and "examples_per_s" in training:
             row |= {key: training[key] for key in TRAINING_KEYS if key in training}
+        evaluation = step["assets"].get("offline_metrics")
+        if evaluation:
+            row |= {key: evaluation[key] for key in EVALUATION_KEYS if key in evaluation}
         rows.append(row)
     return rows
 

@@ -33,6 +33,9 @@ class OfflineMetricsConfig(Config):
     seed: int = Field(42, description="Seed of the baselines' fitting and of the user sample.")
     max_users: int = Field(20_000, description="Test users evaluated: all up to this many, else a seeded uniform sample "
                            "of this many (metrics are then estimates; the metadata gives 95% CIs); 0: all.")
+    baseline_fit_ratings: int = Field(ev.MAX_BASELINE_FIT_RATINGS, description="Baselines fit on all training ratings "
+                                      "up to this many, else on the evaluated users' ratings plus a seeded sample of "
+                                      "other users' up to this many (`baseline_fit_sample`); 0: all.")
 
 
 def text_vectors(manifest: dict[str, Any] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -81,14 +84,15 @@ def offline_metrics(
         source = "onnx"
     else:
         recommender, source = ev.model_recommender(bundle), "pytorch"
-    fit_started = time.perf_counter()
-    baselines = ev.fit_baselines(train_ratings, validated_items, seed=config.seed) if config.baselines else {}
-    baselines_fit_seconds = time.perf_counter() - fit_started
-    skipped = ev.too_large_baselines(train_ratings, validated_items) if config.baselines else []
-    item_ids, vectors = text_vectors(item_text_features)
     all_users = test_ratings["user_id"].nunique()
     users = ev.sample_users(test_ratings["user_id"].to_numpy(), config.max_users, config.seed)
     test = test_ratings[test_ratings["user_id"].isin(users)] if len(users) < all_users else test_ratings
+    fit_started = time.perf_counter()
+    fit_on = ev.baseline_fit_sample(train_ratings, users, config.baseline_fit_ratings, config.seed)
+    baselines = ev.fit_baselines(fit_on, validated_items, seed=config.seed) if config.baselines else {}
+    baselines_fit_seconds = time.perf_counter() - fit_started
+    skipped = ev.too_large_baselines(train_ratings, validated_items) if config.baselines else []
+    item_ids, vectors = text_vectors(item_text_features)
     result = ev.evaluate(
         recommender, train_ratings, test, validated_items, k=config.k, rating_model=bundle, baselines=baselines,
         text_item_ids=item_ids, text_vectors=vectors, source=f"model ({source})",
@@ -125,6 +129,11 @@ def offline_metrics(
         "baselines_skipped": MetadataValue.text(", ".join(skipped) + " (dense item-item weights: too many items)"
                                                 if skipped else "none"),
         "baselines_fit_seconds": MetadataValue.float(round(baselines_fit_seconds, 1)),
+        "baselines_fit_ratings": MetadataValue.int(len(fit_on)),
+        "baselines_fit_sample": MetadataValue.text(
+            f"all {len(train_ratings):,} training ratings" if len(fit_on) == len(train_ratings) else
+            f"{len(fit_on):,} of {len(train_ratings):,} training ratings: {fit_on['user_id'].nunique():,} users (the "
+            f"evaluated users and a seed-{config.seed} sample of others, cap {config.baseline_fit_ratings:,})"),
         "baselines_fit": MetadataValue.json(ev.baseline_fit_costs(baselines)),
         **{name: MetadataValue.float(float(result.metrics[name])) for name in ranking},
         **{name: MetadataValue.float(float(value)) for name, value in result.extra.items()},
