@@ -1,7 +1,12 @@
-"""The approximate item index: FAISS IVF over item directions with 4-bit PQ fast-scan codes, re-ranked exactly with
-the item matrix itself.
+"""The approximate item index: norm tiers, each a FAISS IVF over item directions, with 4-bit PQ fast-scan codes,
+re-ranked exactly with the item matrix itself.
 
 Why this shape:
+- Norm tiers (norm-ranging MIPS): inner-product top-k is dominated by large-norm items, so the catalogue is split by
+  norm (by default the largest 1%, the next 4%, the rest) and the tiers are searched from the largest norms down. A
+  tier whose largest norm times |q| is below the k-th best exact score found so far cannot hold a top-k item
+  (Cauchy-Schwarz) and is skipped, which is exact; each tier has its own cells and its own nprobe, so the small
+  high-norm tier is searched finely and the bulk coarsely or not at all. One IVF holds all tiers' cells.
 - The ranking score is an inner product, and item norms vary like popularity (log-normal). The cells partition
   item DIRECTIONS: spherical k-means on the unit-normalised sample, unit centroids, and an item goes to the centroid
   of largest inner product, which for unit centroids is the one of largest cosine whatever the item's norm; a query
@@ -19,8 +24,8 @@ Why this shape:
   inner product) scanned by FAISS's fast-scan kernels (SIMD lookup tables in registers): about 10x faster per item
   than 8-bit scalar codes and a quarter of their size. Codes rank coarsely, so the index returns `refine * k`
   candidates and their exact scores come from the caller's matrix rows: the process holds the item matrix once.
-- nprobe is the one knob the recall target drives: `tune` raises it in steps of 25% until recall@k on sampled users
-  against the exact scan reaches the target.
+- nprobe per tier is the knob the recall target drives: `tune` raises it in steps of 25%, in the tier that misses
+  most exact top-k items, until recall@k on sampled users against the exact scan reaches the target.
 - Below `exact_max_items` an exact scan is cheap enough and the index is not built.
 """
 
