@@ -13,6 +13,7 @@ from recsys_core.bench.retrieval import synthetic_catalogue
 from recsys_core.bench.serving import build_random_bundle, random_ratings
 from recsys_core.export import export_onnx
 from recsys_core.model import ModelBundle
+from recsys_core.retrieval import index as index_module
 from recsys_core.retrieval import INDEX_FILE, IndexConfig, ItemIndex, build_item_index, exact_top_k, norm_tiers, recall_at_k
 from recsys_core.serving.scorer import History, OnnxScorer
 from recsys_dagster.assets.export import recall_check
@@ -28,7 +29,7 @@ def clustered(n_items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return items, users
 
 
-def test_exact_top_k_in_chunks_with_exclusions() -> None:
+def test_exact_top_k_in_chunks_with_exclusions(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     matrix, users = rng.standard_normal((1000, 8)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)
     exclude = [np.array([5, 999]), np.zeros(0, np.int64), np.arange(0, 1000, 2)]
@@ -38,6 +39,8 @@ def test_exact_top_k_in_chunks_with_exclusions() -> None:
         full[row, items] = -np.inf
     np.testing.assert_array_equal(idx, np.argsort(-full, axis=1, kind="stable")[:, :10])
     np.testing.assert_allclose(scores, np.take_along_axis(full, idx, axis=1), rtol=1e-5)
+    monkeypatch.setattr(index_module, "SCORE_BLOCK", 3 * 100)  # 3 users: chunks of 100 items whatever `chunk` says
+    np.testing.assert_array_equal(exact_top_k(matrix, users, 10, exclude)[1], idx)
     few, few_idx = exact_top_k(matrix[:4], users, 10, [np.array([0])] * 3)
     assert few.shape == (3, 4) and (few_idx[:, -1] == -1).all() and np.isneginf(few[:, -1]).all()
 

@@ -43,6 +43,7 @@ from faiss.contrib.clustering import two_level_clustering
 
 INDEX_FILE = "item_index.faiss"
 ADD_CHUNK = 1 << 18
+SCORE_BLOCK = 1 << 24  # users x items scored at once by `exact_top_k`: 64 MB of scores, plus argpartition's int64 ids
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,11 @@ def exact_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact (scores, indices) [B, k] by BLAS matrix product + argpartition, in item chunks (bounded memory).
 
-    Excluded items score -inf; slots beyond the candidates hold -inf and index -1.
+    Excluded items score -inf; slots beyond the candidates hold -inf and index -1. Chunks shrink as the batch grows
+    (`SCORE_BLOCK`): 100 users x 1M items would hold 1.6 GB of scores and argpartition ids at once.
     """
     batch, k = user_vecs.shape[0], min(k, matrix.shape[0])
+    chunk = max(1, min(chunk, SCORE_BLOCK // max(1, batch)))
     best_scores = np.full((batch, 0), -np.inf, dtype=np.float32)
     best_idx = np.zeros((batch, 0), dtype=np.int64)
     for start in range(0, matrix.shape[0], chunk):
