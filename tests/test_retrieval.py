@@ -152,7 +152,9 @@ def test_tier_pruning_never_changes_the_result(tmp_path: Path) -> None:
     norms = np.linalg.norm(matrix, axis=1)
     assert index.params["tier_max_norms"][0] == pytest.approx(norms.max())
     exclude = [np.asarray(exact_top_k(matrix, users[i : i + 1], 2)[1][0]) for i in range(len(users))]
-    pruned_scores, pruned = index.search(users, 10, exclude)
+    faiss.omp_set_num_threads(2)
+    pruned_scores, pruned = index.search(users, 10, exclude)  # one FAISS thread per query inside, restored after
+    assert faiss.omp_get_max_threads() == 2
     pruned_tiers = index.tiers_searched
     unpruned = ItemIndex(index.ivf, matrix, {**index.params, "tier_max_norms": [np.inf] * 3})
     full_scores, full = unpruned.search(users, 10, exclude)
