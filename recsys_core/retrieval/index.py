@@ -229,7 +229,7 @@ class ItemIndex:
             "tier_max_norms": [float(np.linalg.norm(matrix[rows[0]])) for rows in tiers],
             "nprobes": [min(config.nprobe, size) for size in sizes], "refine": config.refine, "width": width,
             "code_bytes_per_item": int(ivf.code_size), "build_seconds": round(time.perf_counter() - started, 3),
-            "config": asdict(config),
+            "config": {**asdict(config), "tier_shares": list(config.tier_shares)},  # as the JSON manifest holds it
         }  # fmt: skip
         return cls(ivf, matrix, params)
 
