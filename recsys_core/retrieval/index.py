@@ -313,7 +313,8 @@ class ItemIndex:
         _, truth = exact_top_k(self.matrix, user_vecs, k, exclude)
         config, nprobes = self.params["config"], self.params["nprobes"]
         caps = [min(config["max_nprobe"], int(hi - lo)) for lo, hi in zip(self.cell_starts[:-1], self.cell_starts[1:])]
-        tier_of = np.searchsorted(-self.tier_max_norms, -np.linalg.norm(self.matrix[truth[truth >= 0]], axis=1), side="right") - 1
+        truth_norms = np.linalg.norm(self.matrix[truth[truth >= 0]], axis=1)
+        tier_of = np.searchsorted(-self.tier_max_norms, -truth_norms, side="right") - 1  # tiers with max norm >= it, - 1
         while True:
             found = self.search(user_vecs, k, exclude)[1]
             recall = recall_at_k(found, truth)
