@@ -8,8 +8,9 @@ Two graphs, so the catalogue can change size without re-exporting the user side,
 - `topk.onnx`: (user_vec, exclude_mask, k, item_matrix) -> (scores, item_idx), built with onnx.helper as
   Gemm -> Where(-inf) -> TopK, dynamic in batch and catalogue size (`recsys_core.serving.graphs`).
   `item_matrix.npy` ([n_items, dim]) ships beside it.
-- `item_index.faiss`: above `IndexConfig.exact_max_items` an IVF index (`recsys_core.retrieval`) that serving uses
-  for top-k instead of the exact scan; its recall@10 against the exact scan on sampled users is in the manifest.
+- `item_index.faiss`: above `IndexConfig.exact_max_items` a norm-tiered IVF index (`recsys_core.retrieval`) that
+  serving uses for top-k instead of the exact scan; its recall@10 against the exact scan on sampled users is in the
+  manifest.
 The int8 variant quantises the user graph with onnxruntime.quantization and scans a per-item int8 copy of the item
 matrix baked into its top-k graph. Parity (`check_parity`) compares ORT with `HybridRecommender.user_vectors` itself.
 """

@@ -206,7 +206,7 @@ def test_onnx_model_asset_registers_challenger_and_reloads_champion(tmp_path: Pa
     assert value["version"] == "1" and value["parity"]["passed"] and value["training_run_id"] == training_run.info.run_id
     checks = result.get_asset_check_evaluations()
     assert [c.passed for c in checks if c.asset_key == AssetKey("onnx_model")] == [True, True]
-    assert value["retrieval"]["kind"] == "ivf-pq4fs" and value["retrieval"]["recall_at_10"] >= 0.95
+    assert value["retrieval"]["kind"] == "tiered-ivf-pq4fs" and value["retrieval"]["recall_at_10"] >= 0.95
     client = settings.client()
     assert str(client.get_model_version_by_alias(settings.registered_model_name, "challenger").version) == "1"
     assert not client.get_registered_model(settings.registered_model_name).aliases.get("champion")
