@@ -1,8 +1,8 @@
 """Trains the top BERT layers so that an item's text predicts its implicit-ALS item factors (training ratings only).
 
 The frozen lower layers run once per item (their hidden states are kept), so an epoch costs only the trainable top
-layers. Beside that target, co-consumed item pairs from the same training ratings pull the text of items liked together close
-(`pair_weight`). The default `layers` and `loss` won `recsys bench coldstart`'s grid on its validation items with seed 42
+layers. Beside that target, co-consumed item pairs from the same training ratings pull the text of items liked
+together close (`pair_weight`). The default `layers` and `loss` won `recsys bench coldstart`'s grid on its validation items with seed 42
 (seed 7's validation items preferred 1 layer); the ridge-initialised head, its learning rate and the pair loss were
 chosen on the validation items of seeds 42 and 7 (see `FineTuneConfig`), never judged on test items; epochs and learning
 rates were set beforehand.
