@@ -41,8 +41,10 @@ K = 10
 # of 2026-12-07 (that run's test numbers had been seen; the choice per run stays on validation).
 RIDGE_LAMBDAS = (0.01, 0.1, 1.0, 10.0, 30.0, 100.0)
 # Fine-tune settings tried on the validation items (each a change to the `FineTuneConfig` defaults): the former default
-# (random head, larger head learning rate) and one trained layer.
-GRID: tuple[dict, ...] = ({}, {"head_init": "random", "head_lr": 1e-3}, {"layers": 1})
+# without co-consumed pairs, the older random head, and one trained layer.
+GRID: tuple[dict, ...] = (
+    {}, {"pair_weight": 0.0}, {"pair_weight": 0.0, "head_init": "random", "head_lr": 1e-3}, {"layers": 1}
+)
 FROZEN, TUNED = "frozen + ridge", "fine-tuned (chosen on validation) + ridge"
 KNN_FROZEN, KNN_TUNED = "content-kNN (frozen)", "content-kNN (fine-tuned, chosen)"
 GOAL_RATIO = 1.10

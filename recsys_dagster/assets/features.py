@@ -48,12 +48,16 @@ class TextFeaturesConfig(Config):
     fine_tune_head_init: str = Field(
         FineTuneConfig.head_init, description='"ridge": the head starts at the ridge probe of the frozen vectors; "random".'
     )
+    fine_tune_pair_weight: float = Field(
+        FineTuneConfig.pair_weight, description="Weight of the co-consumed item pairs' InfoNCE beside the factor loss; 0: off."
+    )
     fine_tune_seed: int = Field(FineTuneConfig.seed, description="Seeds the ALS targets, the head and the batch order.")
 
     def fine_tune_config(self) -> FineTuneConfig:
         return FineTuneConfig(
             layers=self.fine_tune_layers, epochs=self.fine_tune_epochs, lr=self.fine_tune_lr,
-            loss=self.fine_tune_loss, head_init=self.fine_tune_head_init, seed=self.fine_tune_seed,
+            loss=self.fine_tune_loss, head_init=self.fine_tune_head_init, pair_weight=self.fine_tune_pair_weight,
+            seed=self.fine_tune_seed,
         )  # fmt: skip
 
 
