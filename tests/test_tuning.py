@@ -32,7 +32,8 @@ def test_hybrid_search_is_deterministic_for_a_seed(split) -> None:
     assert runs[0].trials["value"].tolist() == runs[1].trials["value"].tolist()
     assert len(runs[0].trials) == 3 and 1 <= runs[0].best_attrs["best_epoch"] <= TINY.epochs
     assert runs[0].trials.loc[0, "lr"] == TINY.lr and runs[0].trials.loc[0, "prior"] == TINY.prior  # trial 0: defaults
-    assert runs[0].trials.loc[1, "next_items"] == SEQUENTIAL_TRIAL["next_items"]  # trial 1: the causal preset
+    assert runs[0].trials.loc[1, "encoder_layers"] == SEQUENTIAL_TRIAL["encoder_layers"] == 1  # trial 1: the causal preset
+    assert runs[0].trials.loc[1, "batch_size"] == SEQUENTIAL_TRIAL["batch_size"]
     assert runs[0].trials.loc[1, "prior"] == SEQUENTIAL_TRIAL["prior"] == "ease"
     other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=3, seed=6))
     assert other.trials.loc[2, "lr"] != runs[0].trials.loc[2, "lr"]  # the seed drives the sampler
