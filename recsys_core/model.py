@@ -8,10 +8,10 @@ Why this shape:
 - User tower: learned user embedding plus multi-head attention pooling over the user's recent history (item vectors
   modulated by the centred rating). The history is an input, so a user's vector can be recomputed from a fresh
   history without retraining; `user_idx == n_users` is the unknown user whose embedding is zero (history only).
-  With `encoder_layers > 0` the history encoder is a small causal transformer instead (SASRec-style: positional
-  embeddings, position t attends to items <= t), whose state after the latest item is the history part of the user
-  vector; training scores its state at every position against the next item (`sequence_vectors`), so one pass over
-  a user's ordered history gives ~100 training targets on ml-100k instead of one.
+  With `encoder_layers > 0` the history encoder is a small causal transformer instead (SASRec-style: position t
+  attends to items <= t, with a learned bias per distance), whose state after the latest item is the history part of
+  the user vector; training scores its state at every position against the next item (`sequence_scores`), so one
+  pass over a user's ordered history gives ~100 training targets on ml-100k instead of one.
 - Ranking score = `user_vectors(...) @ item_vectors().T` exactly (the item bias is folded in as an extra column),
   so serving scans one matrix. Rating = global mean + user bias + item rating bias + (R user) . item, with R a
   learned square matrix (identity at start) so rating and ranking share the vectors but not one geometry.

@@ -72,10 +72,11 @@ PRIOR_WEIGHT_STEPS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 @dataclass
 class TrainConfig:
     """The hybrid's knobs. The defaults were picked on validation splits only (the seed-7 random split of ml-100k,
-    never a test part); `prior="ease"` / `"als+ease"`, `prior_reg`, `prior_ease_share` and `next_items > 0` are not
-    defaults: the Optuna search (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench
-    quality`) chooses the prior and the causal or random training split, and re-picks lr, weight decay, dropout,
-    history_keep and prior_weight, on the validation split of the user's own data.
+    never a test part); `prior="ease"` / `"als+ease"`, `prior_reg`, `prior_ease_share`, `next_items > 0` and
+    `encoder_layers > 0` are not defaults: the Optuna search (`recsys_core.tuning.hybrid_space`, run by the
+    `tuned_config` asset and `recsys bench quality`) chooses the prior, the history encoder and the causal,
+    every-position or random training split, and re-picks lr, weight decay, dropout, history_keep and prior_weight,
+    on the validation split of the user's own data (`SEQUENTIAL_TRIAL` is the every-position preset it tries second).
 
     Cost caps, which only bite above about 1M training ratings (ml-100k and the 1M synthetic run stay unchanged;
     they bound time, they were not chosen for quality): an epoch trains a seeded sample of at most `epoch_users`
