@@ -8,6 +8,10 @@ Why this shape:
 - User tower: learned user embedding plus multi-head attention pooling over the user's recent history (item vectors
   modulated by the centred rating). The history is an input, so a user's vector can be recomputed from a fresh
   history without retraining; `user_idx == n_users` is the unknown user whose embedding is zero (history only).
+  With `encoder_layers > 0` the history encoder is a small causal transformer instead (SASRec-style: position t
+  attends to items <= t, with a learned bias per distance), whose state after the latest item is the history part of
+  the user vector; training scores its state at every position against the next item (`sequence_scores`), so one
+  pass over a user's ordered history gives ~100 training targets on ml-100k instead of one.
 - Ranking score = `user_vectors(...) @ item_vectors().T` exactly (the item bias is folded in as an extra column),
   so serving scans one matrix. Rating = global mean + user bias + item rating bias + (R user) . item, with R a
   learned square matrix (identity at start) so rating and ranking share the vectors but not one geometry.
@@ -54,6 +58,7 @@ class HybridConfig:
     dim: int = 64
     history_len: int = 50
     n_heads: int = 4
+    encoder_layers: int = 0
     dropout: float = 0.1
     item_dropout: float = 0.1
     user_dropout: float = 0.0
@@ -70,10 +75,10 @@ class HybridConfig:
             raise ValueError(f"HybridConfig needs n_users >= 1 and n_items >= 1, got {self.n_users}, {self.n_items}")
         if self.dim % self.n_heads:
             raise ValueError(f"HybridConfig.dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        if min(self.text_dim, self.prior_dim, self.rating_prior_dim) < 0 or self.history_len < 1:
+        if min(self.text_dim, self.prior_dim, self.rating_prior_dim, self.encoder_layers) < 0 or self.history_len < 1:
             raise ValueError(
-                f"HybridConfig: text_dim, prior_dim, rating_prior_dim must be >= 0 and history_len >= 1, got "
-                f"{self.text_dim}, {self.prior_dim}, {self.rating_prior_dim}, {self.history_len}"
+                f"HybridConfig: text_dim, prior_dim, rating_prior_dim, encoder_layers must be >= 0 and history_len >= 1, "
+                f"got {self.text_dim}, {self.prior_dim}, {self.rating_prior_dim}, {self.encoder_layers}, {self.history_len}"
             )
 
     @property
@@ -197,6 +202,76 @@ class HistoryAttention(nn.Module):
         return pooled, bias
 
 
+class CausalBlock(nn.Module):
+    """Pre-norm transformer block; `allowed` [B, L, L] says which keys each query sees. Written out (not
+    `nn.TransformerEncoderLayer`) so masked logits are filled with -1e4, never -inf: a left-padded position whose
+    keys are all padding then stays finite, and the block exports to ONNX as plain matmuls."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.scale = n_heads, 1.0 / math.sqrt(dim // n_heads)
+        self.attention_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attention_out = nn.Linear(dim, dim)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, distance_bias: torch.Tensor) -> torch.Tensor:
+        """x [B, L, dim]; `distance_bias` [H, L, L] is added to the attention logits."""
+        batch, length, dim = x.shape
+        heads = self.n_heads
+        qkv = self.qkv(self.attention_norm(x)).view(batch, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        logits = (q @ k.transpose(-1, -2)) * self.scale + distance_bias  # [B, H, L, L]
+        logits = logits.masked_fill(~allowed.unsqueeze(1), -1e4)
+        attended = (self.dropout(torch.softmax(logits, dim=-1)) @ v).transpose(1, 2).reshape(batch, length, dim)
+        x = x + self.dropout(self.attention_out(attended))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class CausalHistoryEncoder(nn.Module):
+    """SASRec-style history encoder: (item vector, centred rating) per position, `encoder_layers` causal blocks, a
+    final LayerNorm. Order enters as a learned attention bias per head and distance (query position - key position)
+    instead of SASRec's absolute position embeddings, so the state at position t depends only on the items up to t
+    and how far back each lies: it equals the last state of the history cut after item t, which is what makes
+    training on every position train the served vector."""
+
+    def __init__(self, config: HybridConfig) -> None:
+        super().__init__()
+        d = config.dim
+        self.input = RatedProjection(d)
+        self.distance_bias = nn.Parameter(torch.zeros(config.n_heads, config.history_len))
+        self.blocks = nn.ModuleList(CausalBlock(d, config.n_heads, config.dropout) for _ in range(config.encoder_layers))
+        self.norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(config.dropout)
+        self.bias_head = nn.Linear(d, 1)
+
+    def states(
+        self, item_vecs: torch.Tensor, hist_items: torch.Tensor, centred: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (state per position [B, L, dim], rating bias per position [B, L]); padded positions are zeros."""
+        length = hist_items.shape[1]
+        keep = mask.unsqueeze(-1).to(item_vecs.dtype)
+        x = self.dropout(self.input(item_vecs, hist_items, centred)) * keep
+        position = torch.arange(length, device=mask.device)
+        distance = position.unsqueeze(1) - position.unsqueeze(0)  # query - key
+        # a query sees earlier real items and always itself, so no row of the softmax is all masked
+        allowed = ((distance >= 0) & mask.unsqueeze(1)) | (distance == 0)
+        distance_bias = self.distance_bias[:, distance.clamp(min=0)]
+        for block in self.blocks:
+            x = block(x, allowed, distance_bias)
+        states = self.norm(x) * keep
+        return states, self.bias_head(states).squeeze(-1) * mask.to(states.dtype)
+
+    def forward(
+        self, item_vecs: torch.Tensor, hist_items: torch.Tensor, centred: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (state after the latest item [B, dim], its rating bias [B]); zeros for an empty history."""
+        states, bias = self.states(item_vecs, hist_items, centred, mask)
+        return states[:, -1], bias[:, -1]
+
+
 class HybridRecommender(nn.Module):
     """Two towers whose dot product ranks items and whose shared representation predicts ratings."""
 
@@ -206,7 +281,7 @@ class HybridRecommender(nn.Module):
         self.items = ItemTower(config)
         self.user_embedding = nn.Embedding(config.n_users + 1, config.dim, padding_idx=config.n_users)
         self.user_bias = nn.Embedding(config.n_users + 1, 1, padding_idx=config.n_users)
-        self.history = HistoryAttention(config)
+        self.history = CausalHistoryEncoder(config) if config.encoder_layers else HistoryAttention(config)
         self.rating_projection = nn.Linear(config.dim, config.dim, bias=False)
         self.register_buffer("user_prior", torch.zeros(config.n_users + 1, config.prior_dim))
         self.register_buffer("user_rating_prior", torch.zeros(config.n_users + 1, config.rating_prior_dim))
@@ -276,8 +351,35 @@ class HybridRecommender(nn.Module):
             keep = (torch.rand_like(user_bias) >= self.config.user_dropout).to(user_bias.dtype)
             embedding, user_bias, prior = embedding * keep.unsqueeze(1), user_bias * keep, prior * keep.unsqueeze(1)
         centred = (hist_ratings - self.config.global_mean) * hist_mask.to(hist_ratings.dtype)
-        pooled, hist_bias = self.history(embedding, item_vecs, hist_items, centred, hist_mask)
+        if isinstance(self.history, CausalHistoryEncoder):
+            pooled, hist_bias = self.history(item_vecs, hist_items, centred, hist_mask)
+        else:
+            pooled, hist_bias = self.history(embedding, item_vecs, hist_items, centred, hist_mask)
         return embedding + pooled, user_bias + hist_bias, prior
+
+    def sequence_scores(
+        self,
+        user_idx: torch.Tensor,
+        hist_items: torch.Tensor,
+        hist_ratings: torch.Tensor,
+        hist_mask: torch.Tensor,
+        next_items: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The towers' scores of the whole catalogue [M, n_items] and predicted rating of `next_items` [M] after
+        every prefix of the history, at the M positions where `hist_mask` is True (row-major); no priors, as in
+        training. Position t's user vector is what `user_vectors` gives for the history cut after its item t (see
+        `CausalHistoryEncoder`), so training on every position trains the served vector. Needs `encoder_layers > 0`."""
+        if not isinstance(self.history, CausalHistoryEncoder):
+            raise ValueError("sequence_scores needs the causal history encoder (HybridConfig.encoder_layers > 0)")
+        item_vecs, bias, rating_bias = self.items()
+        centred = (hist_ratings - self.config.global_mean) * hist_mask.to(hist_ratings.dtype)
+        states, hist_bias = self.history.states(item_vecs, hist_items, centred, hist_mask)
+        user = (self.user_embedding(user_idx).unsqueeze(1) + states)[hist_mask]
+        user_rating_bias = (self.user_bias(user_idx) + hist_bias)[hist_mask]
+        targets = next_items[hist_mask]
+        scores = user @ item_vecs.T + bias.unsqueeze(0)
+        rating_dots = (self.rating_projection(user) * item_vecs[targets]).sum(-1)
+        return scores, self.config.global_mean + user_rating_bias + rating_bias[targets] + rating_dots
 
     def user_vectors(
         self,

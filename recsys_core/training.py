@@ -5,7 +5,11 @@ recent `history_len` of that share) is the input history; the user's other train
 target is never in its own history (no leakage) and the attention tower learns to predict unseen items from a
 history, which is what serving does with the most recent items. With `next_items > 0` the split is causal instead
 (SASRec-style): the history is every item before a random cut in time order, the targets the next `next_items`
-items, so the attention (with its learned recency offsets) learns what comes next. Losses on the targets:
+items, so the attention (with its learned recency offsets) learns what comes next. With `encoder_layers > 0` the
+history encoder is a causal transformer and every position is a target (SASRec's training): the input is each
+user's latest `history_len + 1` items but the last, and the state after each item is scored with a full softmax
+against the item that follows it, so an epoch trains on every rating instead of one cut per user
+(`next_items` and `history_keep` are then unused). Losses on the targets:
 - ranking: softmax over the catalogue with the input history masked out (`n_negatives=0`, exact and cheap for
   catalogues of a few thousand items), or a sampled softmax with popularity-proportional negatives and the logQ
   correction (`n_negatives>0`, for large catalogues);
@@ -68,10 +72,11 @@ PRIOR_WEIGHT_STEPS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 @dataclass
 class TrainConfig:
     """The hybrid's knobs. The defaults were picked on validation splits only (the seed-7 random split of ml-100k,
-    never a test part); `prior="ease"` / `"als+ease"`, `prior_reg`, `prior_ease_share` and `next_items > 0` are not
-    defaults: the Optuna search (`recsys_core.tuning.hybrid_space`, run by the `tuned_config` asset and `recsys bench
-    quality`) chooses the prior and the causal or random training split, and re-picks lr, weight decay, dropout,
-    history_keep and prior_weight, on the validation split of the user's own data.
+    never a test part); `prior="ease"` / `"als+ease"`, `prior_reg`, `prior_ease_share`, `next_items > 0` and
+    `encoder_layers > 0` are not defaults: the Optuna search (`recsys_core.tuning.hybrid_space`, run by the
+    `tuned_config` asset and `recsys bench quality`) chooses the prior, the history encoder and the causal,
+    every-position or random training split, and re-picks lr, weight decay, dropout, history_keep and prior_weight,
+    on the validation split of the user's own data (`SEQUENTIAL_TRIAL` is the every-position preset it tries second).
 
     Cost caps, which only bite above about 1M training ratings (ml-100k and the 1M synthetic run stay unchanged;
     they bound time, they were not chosen for quality): an epoch trains a seeded sample of at most `epoch_users`
@@ -83,6 +88,7 @@ class TrainConfig:
     dim: int = 64
     history_len: int = 256
     n_heads: int = 1
+    encoder_layers: int = 0
     dropout: float = 0.3
     item_dropout: float = 0.2
     user_dropout: float = 0.0
@@ -125,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.prior_ease_share must be in [0, 1], got {self.prior_ease_share}")
         if self.epoch_users < 1 or self.validation_users < 1 or self.time_budget_minutes < 0:
             raise ValueError("TrainConfig needs epoch_users >= 1, validation_users >= 1 and time_budget_minutes >= 0")
+        if self.encoder_layers < 0:
+            raise ValueError(f"TrainConfig.encoder_layers must be >= 0, got {self.encoder_layers}")
         if self.next_items < 0:
             raise ValueError(f"TrainConfig.next_items must be >= 0, got {self.next_items}")
         if not 0.0 < self.history_keep < 1.0:
@@ -269,6 +277,17 @@ class _PaddedRatings:
         return torch.from_numpy(items), torch.from_numpy(ratings), torch.from_numpy(mask)
 
 
+class _NextItemStep(torch.nn.Module):
+    """`HybridRecommender.sequence_scores` as a module's forward, so DDP (which hooks `forward`) can wrap it."""
+
+    def __init__(self, model: HybridRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.sequence_scores(*inputs)
+
+
 class HybridTrainer:
     """Owns the data tensors, the model and the optimiser for one training run."""
 
@@ -297,6 +316,7 @@ class HybridTrainer:
             dim=config.dim,
             history_len=config.history_len,
             n_heads=config.n_heads,
+            encoder_layers=config.encoder_layers,
             dropout=config.dropout,
             item_dropout=config.item_dropout,
             user_dropout=config.user_dropout,
@@ -322,7 +342,8 @@ class HybridTrainer:
                 factors.users[users], factors.user_bias[users], factors.items[item_rows], factors.item_bias[item_rows]
             )
         self.model.to(self.device)
-        self.step_model = wrap_ddp(self.model)  # the full-softmax step calls this: DDP under torchrun, else the model
+        # the full-softmax step calls this: DDP under torchrun, else the model (or its every-position objective)
+        self.step_model = wrap_ddp(_NextItemStep(self.model) if config.encoder_layers else self.model)
         self.padded = _PaddedRatings.build(
             self.user_index.encode(train[USER_ID].to_numpy()),
             self.item_index.encode(train[ITEM_ID].to_numpy()),
@@ -348,6 +369,8 @@ class HybridTrainer:
 
     def _batch(self, users: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Random history / target split of each user's training items (the history never holds a target)."""
+        if self.config.encoder_layers:
+            return self._sequence_batch(users)
         L = self.config.history_len
         items, ratings, mask = self.padded.rows(users)
         position = torch.arange(mask.shape[1]).expand_as(mask)
@@ -378,7 +401,32 @@ class HybridTrainer:
         tensors = (users, hist_items, hist_ratings, hist_mask, items, ratings, target_mask)
         return tuple(t.to(self.device) for t in tensors)
 
+    def _sequence_batch(self, users: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(users, history, next items, their ratings): each user's latest `history_len + 1` items, all but the last
+        as the history (oldest first, right-aligned like `build_histories`), each slot's target the item after it."""
+        items, ratings, mask = self.padded.rows(users)
+        count = mask.sum(1, keepdim=True)
+        slot = torch.arange(self.config.history_len).expand(len(users), -1)
+        source = slot + count - 1 - self.config.history_len  # row position of the item in each slot
+        hist_mask = source >= 0
+        source = source.clamp(min=0)
+        hist_items = torch.where(hist_mask, items.gather(1, source), 0)
+        hist_ratings = torch.where(hist_mask, ratings.gather(1, source), 0.0)
+        nxt = torch.where(hist_mask, source + 1, 0)
+        next_items = torch.where(hist_mask, items.gather(1, nxt), 0)
+        next_ratings = torch.where(hist_mask, ratings.gather(1, nxt), 0.0)
+        tensors = (users, hist_items, hist_ratings, hist_mask, next_items, next_ratings)
+        return tuple(t.to(self.device) for t in tensors)
+
     def _losses(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.encoder_layers:
+            users, hist_items, hist_ratings, hist_mask, next_items, next_ratings = batch
+            scores, predicted = self.step_model(users, hist_items, hist_ratings, hist_mask, next_items)
+            targets, target_ratings = next_items[hist_mask], next_ratings[hist_mask]
+            if not len(targets):  # every user of the batch has a single rating
+                zero = scores.sum() * 0.0
+                return zero, zero
+            return F.cross_entropy(scores, targets), F.mse_loss(predicted, target_ratings)
         users, hist_items, hist_ratings, hist_mask, items, ratings, target_mask = batch
         n_targets = target_mask.sum(1).clamp(min=1)
         targetf = target_mask.float()

@@ -127,13 +127,15 @@ def test_parity_dynamic_batch_and_scorer(exported: tuple[Path, Path, Path]) -> N
         scorer.recommend_from_history([11], k=3)
 
 
-def test_parity_of_a_trained_model_with_als_prior_and_text(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoder_layers", [0, 1])
+def test_parity_of_a_trained_model_with_als_prior_and_text(tmp_path: Path, encoder_layers: int) -> None:
     ratings = random_ratings(N_USERS, N_ITEMS, per_user=12, seed=3)
     items = pd.DataFrame({"item_id": np.arange(1, N_ITEMS + 1), "title": [f"Movie {i}" for i in range(N_ITEMS)]})
     vectors = np.random.default_rng(0).normal(size=(N_ITEMS, 6)).astype(np.float32)
     text = ItemTextFeatures(items["item_id"].to_numpy(), vectors, N_ITEMS, 0, "random", "f" * 16)
     config = TrainConfig(
-        epochs=1, dim=8, n_heads=2, history_len=8, prior_dim=4, rating_prior_dim=4, show_progress=False, device="cpu"
+        epochs=1, dim=8, n_heads=2, history_len=8, prior_dim=4, rating_prior_dim=4, encoder_layers=encoder_layers,
+        show_progress=False, device="cpu",
     )
     bundle = train_hybrid(ratings, None, items, text, config).bundle
     assert bundle.config.output_dim == 8 + 4 + 1 and bundle.model.items.prior.abs().sum() > 0

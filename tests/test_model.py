@@ -25,9 +25,11 @@ from recsys_core.schema import IdIndex
 N_USERS, N_ITEMS, TEXT_DIM, L = 4, 6, 5, 3
 
 
-def make_model(seed: int = 0) -> HybridRecommender:
+def make_model(seed: int = 0, encoder_layers: int = 0) -> HybridRecommender:
     torch.manual_seed(seed)
-    model = HybridRecommender(HybridConfig(n_users=N_USERS, n_items=N_ITEMS, text_dim=TEXT_DIM, dim=8, history_len=L, n_heads=2))
+    config = HybridConfig(n_users=N_USERS, n_items=N_ITEMS, text_dim=TEXT_DIM, dim=8, history_len=L, n_heads=2,
+                          encoder_layers=encoder_layers)  # fmt: skip
+    model = HybridRecommender(config)
     text = np.random.default_rng(seed).normal(size=(N_ITEMS, TEXT_DIM)).astype(np.float32)
     model.set_item_features(text, np.array([5, 3, 0, 2, 1, 0]))
     return model.eval()
@@ -109,8 +111,9 @@ def test_items_without_ratings_are_scored_from_text_alone() -> None:
     assert not torch.allclose(after[warm], before[warm])
 
 
-def test_unknown_user_depends_only_on_history_and_empty_history_is_finite() -> None:
-    model = make_model()
+@pytest.mark.parametrize("encoder_layers", [0, 2])
+def test_unknown_user_depends_only_on_history_and_empty_history_is_finite(encoder_layers: int) -> None:
+    model = make_model(encoder_layers=encoder_layers)
     user_idx, hist_items, hist_ratings, hist_mask = inputs()
     with torch.no_grad():
         model.user_embedding.weight.normal_()
@@ -137,7 +140,8 @@ def test_config_rejects_bad_sizes() -> None:
         HybridConfig(n_users=0, n_items=1)
 
 
-def test_user_tower_exports_to_onnx(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoder_layers", [0, 2])
+def test_user_tower_exports_to_onnx(tmp_path: Path, encoder_layers: int) -> None:
     class UserEncoder(torch.nn.Module):
         def __init__(self, model: HybridRecommender) -> None:
             super().__init__()
@@ -146,7 +150,7 @@ def test_user_tower_exports_to_onnx(tmp_path: Path) -> None:
         def forward(self, *args: torch.Tensor) -> torch.Tensor:
             return self.model.user_vectors(*args)
 
-    model = make_model()
+    model = make_model(encoder_layers=encoder_layers)
     expected = model.user_vectors(*inputs()).detach().numpy()
     names = ["user_idx", "hist_items", "hist_ratings", "hist_mask"]
     # the wrapper must be in eval mode too: export restores every submodule to the wrapper's mode afterwards
@@ -155,6 +159,37 @@ def test_user_tower_exports_to_onnx(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(tmp_path / "user.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {name: t.numpy() for name, t in zip(names, inputs())})[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_causal_encoder_scores_every_prefix_exactly_as_serving_scores_that_prefix() -> None:
+    model = make_model(encoder_layers=2)
+    with torch.no_grad():
+        for parameter in model.history.parameters():  # away from the zero / identity start, so order matters
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    user_idx, hist_items, hist_ratings, hist_mask = inputs()
+    next_items = torch.tensor([[1, 3, 5], [0, 0, 1], [0, 2, 4]])
+    with torch.no_grad():
+        scores, ratings = model.sequence_scores(user_idx, hist_items, hist_ratings, hist_mask, next_items)
+        assert scores.shape == (int(hist_mask.sum()), N_ITEMS) and ratings.shape == (int(hist_mask.sum()),)
+        row = 0
+        for user in range(3):
+            for t in range(L):
+                if not hist_mask[user, t]:
+                    continue
+                cut = L - 1 - t  # serving's layout of the history that ends with item t: right-aligned, left-padded
+                shift = lambda x: torch.roll(x[user : user + 1], cut, dims=1)  # noqa: E731
+                cut_mask = shift(hist_mask) & (torch.arange(L) >= cut)
+                served, served_ratings = model(user_idx[user : user + 1], shift(hist_items), shift(hist_ratings),
+                                               cut_mask, with_prior=False)  # fmt: skip
+                torch.testing.assert_close(scores[row], served[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(ratings[row], served_ratings[0, next_items[user, t]], atol=1e-5, rtol=1e-5)
+                row += 1
+        # order matters: the same items in another order give another state
+        swapped = hist_items[:1].flip(1), hist_ratings[:1].flip(1)
+        assert not torch.allclose(model.user_vectors(user_idx[:1], swapped[0], swapped[1], hist_mask[:1]),
+                                  model.user_vectors(*(t[:1] for t in inputs())))  # fmt: skip
+    with pytest.raises(ValueError, match="encoder_layers"):
+        make_model().sequence_scores(user_idx, hist_items, hist_ratings, hist_mask, next_items)
 
 
 def make_train() -> pd.DataFrame:

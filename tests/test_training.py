@@ -224,6 +224,31 @@ def test_causal_batches_predict_the_next_items_from_the_earlier_ones(data) -> No
         TrainConfig(next_items=-1)
 
 
+def test_sequence_batches_target_the_next_item_at_every_position_and_training_learns(data) -> None:
+    from recsys_core.training import HybridTrainer
+
+    ratings, items = data
+    config = TrainConfig(epochs=4, encoder_layers=1, rating_prior_dim=0, prior_dim=0, **TINY)
+    trainer = HybridTrainer(ratings, items, None, config)
+    users = torch.arange(20)
+    _, hist_items, _, hist_mask, next_items, next_ratings = trainer._batch(users)
+    stored_items, stored_ratings, stored_mask = trainer.padded.rows(users)
+    L = TINY["history_len"]
+    for row in range(len(users)):
+        order = stored_items[row][stored_mask[row]].tolist()  # the user's items in time order
+        latest = order[-(L + 1):]
+        assert hist_items[row][hist_mask[row]].tolist() == latest[:-1]  # every item but the last, oldest first
+        assert next_items[row][hist_mask[row]].tolist() == latest[1:]  # each position's target: the next item
+        assert next_ratings[row][hist_mask[row]].tolist() == stored_ratings[row][stored_mask[row]].tolist()[-len(latest) + 1:]
+        assert hist_mask[row, L - len(latest) + 1:].all() and not hist_mask[row, : L - len(latest) + 1].any()
+    result = train_hybrid(ratings, None, items, None, config)
+    losses = [row["train_ranking_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert result.bundle.model.config.encoder_layers == 1
+    with pytest.raises(ValueError, match="encoder_layers"):
+        TrainConfig(encoder_layers=-1)
+
+
 def test_the_priors_weight_is_fitted_on_validation(data) -> None:
     from recsys_core.training import PRIOR_WEIGHT_STEPS, HybridTrainer
 

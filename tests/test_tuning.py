@@ -27,14 +27,18 @@ def split():
 
 def test_hybrid_search_is_deterministic_for_a_seed(split) -> None:
     parts, items = split
-    runs = [tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=3, seed=5)) for _ in range(2)]
+    # a minutes budget far above the trials' cost: the wall-clock limit, not the seed, would otherwise decide (under
+    # load) how many trials each run gets
+    budget = Budget(trials=3, minutes=120, seed=5)
+    runs = [tune_hybrid(parts.train, parts.validation, items, None, TINY, budget) for _ in range(2)]
     assert runs[0].best_params == runs[1].best_params and runs[0].best_value == runs[1].best_value
     assert runs[0].trials["value"].tolist() == runs[1].trials["value"].tolist()
     assert len(runs[0].trials) == 3 and 1 <= runs[0].best_attrs["best_epoch"] <= TINY.epochs
     assert runs[0].trials.loc[0, "lr"] == TINY.lr and runs[0].trials.loc[0, "prior"] == TINY.prior  # trial 0: defaults
-    assert runs[0].trials.loc[1, "next_items"] == SEQUENTIAL_TRIAL["next_items"]  # trial 1: the causal preset
+    assert runs[0].trials.loc[1, "encoder_layers"] == SEQUENTIAL_TRIAL["encoder_layers"] == 1  # trial 1: the causal preset
+    assert runs[0].trials.loc[1, "batch_size"] == SEQUENTIAL_TRIAL["batch_size"]
     assert runs[0].trials.loc[1, "prior"] == SEQUENTIAL_TRIAL["prior"] == "ease"
-    other = tune_hybrid(parts.train, parts.validation, items, None, TINY, Budget(trials=3, seed=6))
+    other = tune_hybrid(parts.train, parts.validation, items, None, TINY, replace(budget, seed=6))
     assert other.trials.loc[2, "lr"] != runs[0].trials.loc[2, "lr"]  # the seed drives the sampler
 
 
