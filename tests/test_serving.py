@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +173,15 @@ def test_port_file_names_the_port_already_listening(tmp_path: Path) -> None:
         assert not port_file.with_name("serve.port.partial").exists()
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
+
+
+def test_a_taken_port_is_a_clear_error(service: dict) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(service["first"]), "--port", str(port),
+             "--providers", "cpu", "--event-store", "off", "--experiments-db", "off"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "RECSYS_HOME": str(service["root"])},
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"recsys serve: cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

@@ -127,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:  # nothing to serve: say what and where, no traceback
         print(f"recsys serve: cannot serve {source.describe()}: {error}", file=sys.stderr)
         return 2
-    sock = listen(args.host, args.port, Path(args.port_file) if args.port_file else None)
+    try:
+        sock = listen(args.host, args.port, Path(args.port_file) if args.port_file else None)
+    except OSError as error:  # e.g. the port is taken: say which, no traceback
+        print(f"recsys serve: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        return 2
     uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False)).run(sockets=[sock])
     return 0
 
