@@ -57,5 +57,16 @@ def test_an_empty_cold_user_slice_is_not_applicable_and_stays_out_of_the_pass() 
     goals = evaluate_goals(summary, 10.0)
     empty = goals["random 75/25: cold-user slice >= best baseline"]
     assert empty["value"] is None and empty["passed"] is None and not empty["applicable"] and "no test user" in empty["reason"]
-    assert goals["temporal: cold-user slice >= best baseline"] == {"goal": 1.0, "value": 0.5, "passed": False}
+    assert goals["temporal: cold-user slice >= best baseline"] == {"goal": 1.0, "value": 0.5, "passed": False, "users": 12}
     assert goals["random 75/25: hybrid nDCG@10 >= 1.02 x best tuned baseline (ease)"]["passed"] is True
+
+
+def test_a_cold_user_slice_where_every_baseline_scores_0_passes_on_a_tie_and_fails_below() -> None:
+    from recsys_core.bench.quality import _cold_user_goal
+
+    baselines = pd.DataFrame({"cold_users": [2.0, 2.0], "cold_users_ndcg@10": [0.0, 0.0]}, index=["ease", "als"])
+    tie = _cold_user_goal(pd.Series({"cold_users": 2.0, "cold_users_ndcg@10": 0.0}), baselines)
+    assert tie["passed"] is True and tie["value"] is None and "every baseline scores 0" in tie["reason"]
+    assert _cold_user_goal(pd.Series({"cold_users": 2.0, "cold_users_ndcg@10": 0.3}), baselines)["passed"] is True
+    baselines["cold_users_ndcg@10"] = [0.2, 0.1]
+    assert _cold_user_goal(pd.Series({"cold_users": 2.0, "cold_users_ndcg@10": 0.1}), baselines)["passed"] is False

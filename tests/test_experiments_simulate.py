@@ -4,22 +4,18 @@ the personas' known preferences, exposure and click records that the online repo
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
 from recsys_core.bench.serving import build_random_bundle, random_ratings
-from recsys_core.events.redis_process import free_port
 from recsys_core.experiments import attribution, simulate_command
 from recsys_core.experiments.simulation import SimulatedUsers
 from recsys_core.export import export_onnx
 from recsys_core.synthetic import SyntheticConfig
+from servers import recsys_service
 
 N_USERS, N_ITEMS = 30, 50
 
@@ -30,33 +26,15 @@ def test_simulate_over_http_writes_exposures_and_preference_driven_clicks(tmp_pa
     items = pd.DataFrame({"item_id": np.arange(1, N_ITEMS + 1), "title": [f"Movie {i}" for i in range(1, N_ITEMS + 1)]})
     model_dir = build_random_bundle(tmp_path / "model", ratings, items["item_id"].to_numpy(), dim=16, history_len=8, seed=1)
     export_onnx(model_dir, tmp_path / "onnx", items)
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(tmp_path / "onnx"),
-                               "--port", str(port), "--providers", "cpu"], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "RECSYS_HOME": str(tmp_path)})  # fmt: skip
-    try:
-        deadline = time.time() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.time() < deadline, "service did not start"
-                time.sleep(0.2)
+    with recsys_service(tmp_path / "onnx", tmp_path / "server.log") as client:
         parser = argparse.ArgumentParser()
         simulate_command.add_arguments(parser)
-        args = parser.parse_args(["--url", f"http://127.0.0.1:{port}", "--rate", "40", "--duration", "3", "--out",
+        args = parser.parse_args(["--url", str(client.base_url).rstrip("/"), "--rate", "40", "--duration", "3", "--out",
                                   str(tmp_path / "sim"), "--n-users", str(N_USERS), "--n-items", str(N_ITEMS),
                                   "--n-ratings", "300", "--seed", "7"])  # fmt: skip
         started = time.monotonic()
         assert simulate_command.run(args) == 0
         assert time.monotonic() - started < 30
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log.close()
     exposures = pd.read_parquet(tmp_path / "sim" / "exposures.parquet")
     clicks = pd.read_parquet(tmp_path / "sim" / "clicks.parquet")
     requests = exposures.drop_duplicates("request_id")
