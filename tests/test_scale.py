@@ -235,3 +235,22 @@ def test_budget_resizes_the_cosine_to_the_epochs_that_fit() -> None:
     cost = TrainCost(users=60, epoch_users=60, validation_users=0, validation_users_total=0, budget_seconds=60.0,
                      epochs_run=1, epoch_seconds=[0.1], planned_epochs=10)  # fmt: skip
     assert not _over_budget(trainer, cost, remaining=50.0) and cost.planned_epochs == 10  # ample: never past config.epochs
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="needs Linux's scheduler autogroups")
+def test_the_graph_session_keeps_the_benchmarks_autogroup_priority() -> None:
+    """A child session at autogroup nice 5 (lowering is allowed to anyone) starts a grandchild in its own session,
+    as the bench starts the graph; the grandchild's group gets 5 too, where a new session would start at 0."""
+    script = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from recsys_core.bench.pipeline import inherit_autogroup\n"
+        "Path('/proc/self/autogroup').write_text('5')\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], start_new_session=True)\n"
+        "inherit_autogroup(child.pid)\n"
+        "print(Path(f'/proc/{child.pid}/autogroup').read_text().split('nice')[1].strip())\n"
+        "child.kill()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO,
+                         start_new_session=True)  # fmt: skip
+    assert out.stdout.strip() == "5"

@@ -92,3 +92,18 @@ def test_blended_prior_is_a_convex_mix_of_als_and_rescaled_ease(split) -> None:
     np.testing.assert_allclose(ease_part / np.linalg.norm(ease_part), ease_scores / np.linalg.norm(ease_scores), atol=1e-6)
     with pytest.raises(ValueError, match="prior_ease_share"):
         TrainConfig(prior_ease_share=1.5)
+
+
+def test_the_minutes_never_cut_the_enqueued_trials_only_the_sampled_ones() -> None:
+    from recsys_core.tuning.search import _search
+
+    def space(trial):
+        return {"x": trial.suggest_float("x", 0.0, 1.0)}
+
+    def objective(params, trial):
+        return params["x"]
+
+    # a budget that is over before the first trial ends: the two presets still run, no sampled trial does
+    result = _search("toy", space, objective, Budget(trials=5, minutes=1e-9, seed=0), False, {"x": 0.1}, {"x": 0.7})
+    assert list(result.trials["x"]) == [0.1, 0.7] and result.best_params == {"x": 0.7}
+    assert len(_search("toy", space, objective, Budget(trials=4, minutes=60, seed=0), False, {"x": 0.1}).trials) == 4

@@ -81,6 +81,18 @@ class TreeSampler:
         self.load.append(os.getloadavg()[0])
 
 
+def inherit_autogroup(pid: int) -> None:
+    """Gives `pid`'s new session this process's autogroup nice value. Linux schedules each session as one group, so a
+    graph started with `start_new_session` would otherwise drop the `echo -20 > /proc/self/autogroup` that a
+    benchmark on a shared machine was started with. Best effort: no autogroup file (not Linux, or
+    CONFIG_SCHED_AUTOGROUP off) or no right to raise priority leaves the child as it is."""
+    try:
+        nice = Path("/proc/self/autogroup").read_text().split("nice")[1].strip()
+        Path(f"/proc/{pid}/autogroup").write_text(nice)
+    except (OSError, IndexError):
+        return
+
+
 def _run_graph(n: int, shape: str, work: Path, timeout_s: float) -> dict[str, Any]:
     """One N: the run in a child process group, sampled until it ends or times out; then its event log as JSON."""
     env = {**os.environ, "DAGSTER_HOME": str(work / "dagster_home"), "RECSYS_HOME": str(work / "recsys_home"),
@@ -91,6 +103,7 @@ def _run_graph(n: int, shape: str, work: Path, timeout_s: float) -> dict[str, An
     module = "recsys_dagster.bench.pipeline_run"
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-m", module, "run"], env=env, start_new_session=True)
+    inherit_autogroup(child.pid)
     sampler = TreeSampler(child.pid)
     timed_out = False
     while child.poll() is None:

@@ -2,7 +2,9 @@
 minutes, optionally one nested MLflow run per trial under the caller's active run.
 
 Reproducible: for a seed, the TPE sampler proposes the same trials and (training being seeded) they score the same,
-as long as the minutes budget does not cut the study short (a wall-clock limit depends on the machine).
+as long as the minutes budget does not cut the study short (a wall-clock limit depends on the machine); the enqueued
+trials (the defaults and, for the hybrid, `SEQUENTIAL_TRIAL`) run whatever the minutes, so on a loaded machine the
+search still picks between them as it would on a quiet one.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _search(
     model: str, space: Space, objective: Objective, budget: Budget, log_mlflow: bool, *enqueued: dict[str, Any]
 ) -> SearchResult:
     """Trial 0 is the model's defaults (the first of `enqueued`), so a search never ends below them on validation;
-    the other `enqueued` trials follow it."""
+    the other `enqueued` trials follow it. `budget.minutes` bounds only the sampled trials after them."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize",
@@ -78,7 +80,14 @@ def _search(
                 _log_trial(model, trial, params)
         return value
 
-    study.optimize(run_trial, n_trials=budget.trials, timeout=budget.minutes * 60, catch=())
+    # the enqueued trials always run (the minutes never cut them, so a slow or loaded machine still compares the
+    # defaults with the presets); the sampled ones fill what is left of both budgets
+    started = time.perf_counter()
+    guaranteed = min(len(enqueued), budget.trials)
+    study.optimize(run_trial, n_trials=guaranteed, catch=())
+    remaining = budget.minutes * 60 - (time.perf_counter() - started)
+    if budget.trials > guaranteed and remaining > 0:
+        study.optimize(run_trial, n_trials=budget.trials - guaranteed, timeout=remaining, catch=())
     frame = pd.DataFrame(
         [{"number": t.number, "state": t.state.name, "value": t.value, "seconds": t.user_attrs.get("seconds"), **t.params}
          for t in study.trials]
