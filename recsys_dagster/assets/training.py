@@ -54,7 +54,8 @@ class TuningConfig(Config):
     """Optuna search of the hybrid's knobs on validation_ratings; `trials=0` (the default) keeps `TrainingConfig`."""
 
     trials: int = Field(0, description="Trials of the TPE search (0: no search, trained_model uses its own config).")
-    minutes: float = Field(10.0, description="Wall-clock budget of the search; it stops after `trials` or this.")
+    minutes: float = Field(10.0, description="Wall-clock budget of the sampled trials: the search stops after `trials` "
+                           "or this, but the defaults and then the sequential preset always run first.")
     epochs: int = Field(TrainConfig.epochs, description="Upper bound per trial (early stopping and pruning end most sooner).")
 
 
