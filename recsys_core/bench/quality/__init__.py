@@ -9,13 +9,15 @@ ratings, and held-out ratings of items with no training rating. Ablation, all fr
 alone` (the refitted hybrid with `prior_weight` 0: the towers are trained without the prior, so these are exactly
 the hybrid's towers and one refit serves both rows), `hybrid`.
 The test ratings choose nothing. The hybrid's rating prior (BiasedMF) is off: it changes predicted ratings, not ranks.
-Protocols are independent, so `--jobs` runs them in parallel processes (2 cores: leave-last-out beside the other two).
+`--jobs` runs the protocols' searches, then their refits per seed, in parallel processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import multiprocessing
 import resource
 import time
@@ -62,15 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"CI-sized: 1 seed, 2 trials, {QUICK_EPOCHS} epochs")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda:0")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
-    parser.add_argument("--jobs", type=int, default=2, help="protocols run in parallel processes (each with --threads)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (each with --threads) for the protocols' "
+                        "searches, then for their refits per seed")
 
 
-def _data(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, ItemTextFeatures]:
-    if args.data_dir:
-        ratings, items = load_movielens(Path(args.data_dir))
+@functools.lru_cache(maxsize=1)
+def _data(data_dir: str | None, device: str) -> tuple[pd.DataFrame, pd.DataFrame, ItemTextFeatures]:
+    """Ratings, items and their text vectors; once per process (each `--jobs` worker runs several units)."""
+    if data_dir:
+        ratings, items = load_movielens(Path(data_dir))
     else:
         ratings, items = generate_synthetic(n_users=943, n_items=1682, n_ratings=100_000, seed=7)
-    text = encode_items(items, TextEncoder.load("default", device=args.device), default_cache_dir())
+    text = encode_items(items, TextEncoder.load("default", device=device), default_cache_dir())
     return ratings, items, text
 
 
@@ -201,29 +206,49 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     return [int(seed) for seed in args.seeds.split(",") if seed.strip()]
 
 
-def _one_protocol(protocol: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """Tunes every model on the first seed's search split, then refits and scores them on every seed's split:
-    (per-seed rows, search rows, seconds). A unit of `--jobs`: it reads the data and the cached text itself."""
-    phase = time.perf_counter()
+def _contenders(args: argparse.Namespace) -> tuple[pd.DataFrame, _Contenders]:
     torch.set_num_threads(max(args.threads, 1))
-    seeds = _seeds(args)
-    ratings, items, text = _data(args)
-    contenders = _Contenders(args, items, text)
+    ratings, items, text = _data(args.data_dir, args.device)
+    return ratings, _Contenders(args, items, text)
+
+
+def _tune(protocol: str, args: argparse.Namespace) -> tuple[dict[str, SearchResult], list[dict[str, Any]], float]:
+    """A `--jobs` unit: every model tuned on the protocol's search split of the first seed -> (tuned, search rows, s)."""
+    started = time.perf_counter()
+    ratings, contenders = _contenders(args)
+    seed = _seeds(args)[0]
+    contenders.tune(protocol, PROTOCOLS[protocol](ratings, seed), seed)
+    return contenders.tuned, contenders.search_rows, time.perf_counter() - started
+
+
+def _refit(
+    protocol: str, seed: int, tuned: dict[str, SearchResult], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], float]:
+    """A `--jobs` unit: every tuned model refitted on one seed's train + validation, scored on its test part."""
+    started = time.perf_counter()
+    ratings, contenders = _contenders(args)
+    contenders.tuned = tuned
+    split = PROTOCOLS[protocol](ratings, seed)
     rows: list[dict[str, Any]] = []
-    splits = {seed: PROTOCOLS[protocol](ratings, seed) for seed in seeds}
-    contenders.tune(protocol, splits[seeds[0]], seeds[0])
-    for seed, split in splits.items():
-        for name in [*RANKING_BASELINES, "prior alone", "hybrid", "towers alone"]:
-            fit_started = time.perf_counter()
-            model = contenders.fit(name, split.refit, seed)
-            fit_s = time.perf_counter() - fit_started
-            metrics, recs = _scores(model, split.refit, split.test)
-            rows.append({"protocol": protocol, "model": name, "seed": seed, **metrics, "fit_s": round(fit_s, 1)})
-            if args.recs_out and name == "hybrid" and seed == seeds[0] and protocol == args.protocols.split(",")[0].strip():
-                Path(args.recs_out).parent.mkdir(parents=True, exist_ok=True)
-                recs[[USER_ID, ITEM_ID, "rank", "score"]].to_parquet(args.recs_out, index=False)
-            print(f"[{protocol} seed {seed}] {name}: nDCG@10 {rows[-1][f'ndcg@{K}']:.4f} ({fit_s:.0f} s)", flush=True)
-    return rows, contenders.search_rows, time.perf_counter() - phase
+    first = seed == _seeds(args)[0] and protocol == args.protocols.split(",")[0].strip()
+    for name in [*RANKING_BASELINES, "prior alone", "hybrid", "towers alone"]:
+        fit_started = time.perf_counter()
+        model = contenders.fit(name, split.refit, seed)
+        fit_s = time.perf_counter() - fit_started
+        metrics, recs = _scores(model, split.refit, split.test)
+        rows.append({"protocol": protocol, "model": name, "seed": seed, **metrics, "fit_s": round(fit_s, 1)})
+        if args.recs_out and name == "hybrid" and first:
+            Path(args.recs_out).parent.mkdir(parents=True, exist_ok=True)
+            recs[[USER_ID, ITEM_ID, "rank", "score"]].to_parquet(args.recs_out, index=False)
+        print(f"[{protocol} seed {seed}] {name}: nDCG@10 {rows[-1][f'ndcg@{K}']:.4f} ({fit_s:.0f} s)", flush=True)
+    return rows, time.perf_counter() - started
+
+
+def _starmap(pool: ProcessPoolExecutor | None, function: Any, units: list[tuple[Any, ...]]) -> list[Any]:
+    """`function(*unit)` for every unit, in order; in the pool's processes as they free up, or here without one."""
+    if pool is None:
+        return [function(*unit) for unit in units]
+    return list(pool.map(function, *zip(*units)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,19 +260,22 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
         raise SystemExit(f"--protocols: unknown {unknown}; expected some of {list(PROTOCOLS)}")
-    text = _data(args)[2]  # encodes the item text once here, so parallel protocols only read the cache
+    text = _data(args.data_dir, args.device)[2]  # encodes the item text once here, so the workers read the cache
     timings: dict[str, float] = {"data_s": round(time.perf_counter() - started, 1)}
-    if args.jobs > 1 and len(protocols) > 1:
-        # the slowest protocol (leave-last-out's every-position trials) first, so the others fill the other processes
-        order = sorted(protocols, key=lambda name: name != "leave-last-out")
-        with ProcessPoolExecutor(min(args.jobs, len(protocols)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = dict(zip(order, pool.map(_one_protocol, order, [args] * len(order))))
-        outcomes = [done[protocol] for protocol in protocols]
-    else:
-        outcomes = [_one_protocol(protocol, args) for protocol in protocols]
-    rows = [row for outcome in outcomes for row in outcome[0]]
-    search_rows = [row for outcome in outcomes for row in outcome[1]]
-    timings |= {f"{protocol}_s": round(outcome[2], 1) for protocol, outcome in zip(protocols, outcomes)}
+    # leave-last-out first in both phases (its every-position trials and refits cost most), so the cheaper units fill
+    # the other processes around it; each protocol's refits need its tuning, hence two phases
+    order = sorted(protocols, key=lambda name: name != "leave-last-out")
+    jobs = min(args.jobs, len(order) * len(seeds))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) if jobs > 1 else contextlib.nullcontext() as pool:
+        tuning = dict(zip(order, _starmap(pool, _tune, [(protocol, args) for protocol in order])))
+        units = [(protocol, seed, tuning[protocol][0], args) for protocol in order for seed in seeds]
+        refits = dict(zip([(unit[0], unit[1]) for unit in units], _starmap(pool, _refit, units)))
+    rows = [row for protocol in protocols for seed in seeds for row in refits[protocol, seed][0]]
+    search_rows = [row for protocol in protocols for row in tuning[protocol][1]]
+    for protocol in protocols:  # work per protocol (tuning + its refits), not wall time when they run in parallel
+        work = tuning[protocol][2] + sum(refits[protocol, seed][1] for seed in seeds)
+        timings[f"{protocol}_s"] = round(work, 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     # CPU time of this process and its --jobs workers: comparable on a loaded machine
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
