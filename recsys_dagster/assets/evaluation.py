@@ -91,7 +91,7 @@ def offline_metrics(
     fit_on = ev.baseline_fit_sample(train_ratings, users, config.baseline_fit_ratings, config.seed)
     baselines = ev.fit_baselines(fit_on, validated_items, seed=config.seed) if config.baselines else {}
     baselines_fit_seconds = time.perf_counter() - fit_started
-    skipped = ev.too_large_baselines(train_ratings, validated_items) if config.baselines else []
+    skipped = ev.too_large_baselines(fit_on, validated_items) if config.baselines else []
     item_ids, vectors = text_vectors(item_text_features)
     result = ev.evaluate(
         recommender, train_ratings, test, validated_items, k=config.k, rating_model=bundle, baselines=baselines,
