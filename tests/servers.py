@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,22 +12,19 @@ from pathlib import Path
 import httpx
 
 from recsys_core.events.redis_process import free_port
-from recsys_core.serving.process import wait_port, wait_ready
+from recsys_core.serving.process import spawn_serve, wait_ready
 
 
 @contextmanager
 def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str = "/health") -> Iterator[httpx.Client]:
     """`recsys serve` (uvicorn) in a subprocess on a port the OS picks (`--port-file`), serving `model_dir`; yields a
     client once `ready_path` answers 200, and stops the server after."""
-    port_file = log_path.with_suffix(".port")
-    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", "0",
-               "--port-file", str(port_file), "--providers", "cpu", *args]  # fmt: skip
-    with log_path.open("w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RECSYS_HOME": str(log_path.parent)})
-    client = None
+    args = ["--model-dir", str(model_dir), "--port", "0", "--providers", "cpu", *args]
+    server, client = None, None
     try:
         try:
-            port = wait_port(port_file, lambda: server.poll() is not None, 60.0)
+            server, port = spawn_serve(args, log_path.with_suffix(".port"), log_path,
+                                       {**os.environ, "RECSYS_HOME": str(log_path.parent)})  # fmt: skip
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
             wait_ready(client, lambda: server.poll() is not None, 60.0, ready_path)
         except RuntimeError as error:
@@ -37,8 +33,9 @@ def recsys_service(model_dir: Path, log_path: Path, *args: str, ready_path: str 
     finally:
         if client is not None:
             client.close()
-        server.terminate()
-        server.wait(timeout=20)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=20)
 
 
 class Processes:

@@ -34,7 +34,7 @@ from recsys_core.events.feedback import window_bounds, window_key
 from recsys_core.events.redis_process import RedisServer
 from recsys_core.export import export_onnx
 from recsys_core.serving.auth import hash_key
-from recsys_core.serving.process import wait_port
+from recsys_core.serving.process import spawn_serve
 
 KEY = "bench-events-write-key"
 # Store name -> its durability setting (SQLite `synchronous`, Redis `appendfsync`); each fsync costs what the disk does.
@@ -65,17 +65,12 @@ class Service:
         entries = [{"name": f"key{i}", "sha256": hash_key(key), "scopes": scopes}
                    for i, (key, scopes) in enumerate((keys or {KEY: ["write"]}).items())]  # fmt: skip
         keys_file.write_text(json.dumps({"keys": entries}))
-        self.command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir),
-                        "--reload-interval", "0", "--providers", "cpu", "--event-store", store_url,
-                        "--api-keys", str(keys_file), *extra]  # fmt: skip
+        self.args = ["--model-dir", str(model_dir), "--reload-interval", "0", "--providers", "cpu", "--event-store",
+                     store_url, "--api-keys", str(keys_file), *extra]  # fmt: skip
 
     def start(self) -> Service:
-        port_file = self.workdir / "server.port"
-        port_file.unlink(missing_ok=True)
-        with (self.workdir / "server.log").open("a") as log:
-            command = [*self.command, "--port", str(self.port), "--port-file", str(port_file)]
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        self.port = wait_port(port_file, lambda: self.process.poll() is not None, 60.0)
+        args = [*self.args, "--port", str(self.port)]
+        self.process, self.port = spawn_serve(args, self.workdir / "server.port", self.workdir / "server.log")
         _wait_healthy(self.port)
         return self
 

@@ -34,7 +34,7 @@ from recsys_core.model import HybridConfig, HybridRecommender, ModelBundle, buil
 from recsys_core.retrieval import IndexConfig
 from recsys_core.schema import IdIndex
 from recsys_core.serving.auth import hash_key
-from recsys_core.serving.process import wait_port
+from recsys_core.serving.process import spawn_serve
 from recsys_core.serving.providers import physical_cores
 from recsys_core.serving.scorer import LARGE_MATRIX_BYTES, History, OnnxScorer
 from recsys_core.training import TrainConfig
@@ -212,17 +212,9 @@ def start_server(
     model_dir: Path, reload_interval: float, log_path: Path, threads: int = 1, api_keys: Path | None = None
 ) -> tuple[subprocess.Popen, int]:
     """The service on a port the OS picks, and that port."""
-    port_file = log_path.with_suffix(".port")
-    command = [sys.executable, "-m", "recsys_core.serving.serve", "--model-dir", str(model_dir), "--port", "0",
-               "--port-file", str(port_file), "--reload-interval", str(reload_interval), "--threads", str(threads),
-               "--providers", "cpu", *(["--api-keys", str(api_keys)] if api_keys else [])]  # fmt: skip
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        return process, wait_port(port_file, lambda: process.poll() is not None, 60.0)
-    except TimeoutError:
-        process.kill()
-        raise
+    args = ["--model-dir", str(model_dir), "--port", "0", "--reload-interval", str(reload_interval), "--threads",
+            str(threads), "--providers", "cpu", *(["--api-keys", str(api_keys)] if api_keys else [])]  # fmt: skip
+    return spawn_serve(args, log_path.with_suffix(".port"), log_path)
 
 
 def http_rows(

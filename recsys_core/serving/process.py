@@ -29,6 +29,23 @@ def wait_port(port_file: Path, exited: Callable[[], bool], timeout_s: float) -> 
     raise TimeoutError(f"the service did not listen within {timeout_s:.0f} s")
 
 
+def spawn_serve(
+    args: list[str], port_file: Path, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 60.0
+) -> tuple[subprocess.Popen, int]:
+    """`recsys serve *args` in a subprocess, appending to `log_path`, that writes the port it listens on to
+    `port_file` (`--port 0` in `args`: one the OS picks, no race); -> (process, port) once it listens. Killed when it
+    does not listen within `timeout_s` (TimeoutError); RuntimeError when it exits first."""
+    port_file.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "recsys_core.serving.serve", *args, "--port-file", str(port_file)]
+    with log_path.open("a") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        return process, wait_port(port_file, lambda: process.poll() is not None, timeout_s)
+    except TimeoutError:
+        process.kill()
+        raise
+
+
 def wait_ready(client: httpx.Client, exited: Callable[[], bool], timeout_s: float, path: str = "/health/ready") -> None:
     """Polls `path` until it answers 200; raises RuntimeError once `exited()` and TimeoutError after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -55,19 +72,15 @@ class ServiceProcess:
                                              {"name": "writer", "sha256": hash_key(self.write_key), "scopes": ["write"]}]}))  # fmt: skip
         self.port_file = self.log_path.with_suffix(".port")
         self.port, self.url = 0, ""
-        self.command = [sys.executable, "-m", "recsys_core.serving.serve", *args, "--port", "0",
-                        "--port-file", str(self.port_file), "--api-keys", str(keys)]  # fmt: skip
+        self.args = [*args, "--port", "0", "--api-keys", str(keys)]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> ServiceProcess:
         """Starts the service and waits until /health/ready answers 200 (raises with the log's tail if it exits)."""
-        self.port_file.unlink(missing_ok=True)
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         started = time.monotonic()
         try:
-            self.port = wait_port(self.port_file, self.exited, timeout_s)
+            self.process, self.port = spawn_serve(self.args, self.port_file, self.log_path, self.env, timeout_s)
             self.url = f"http://127.0.0.1:{self.port}"
             with httpx.Client(base_url=self.url, timeout=5) as client:
                 wait_ready(client, self.exited, timeout_s - (time.monotonic() - started))
